@@ -1,0 +1,90 @@
+"""The kernel interface and the explicit registry of built-in layer kinds.
+
+A kernel is planned once at load (decode parameters and weights into the layout it computes
+with) and then called on every prediction with numpy arrays. The registry key is the name of
+the field set in ``NeuralNetworkLayer``'s ``layer`` oneof, e.g. ``"convolution"``.
+"""
+import numpy as np
+
+from ...errors import UnsupportedLayerError
+
+KERNELS = {}
+
+
+def kernel(*kinds):
+    """Class decorator registering a kernel for one or more layer kinds."""
+    def register(cls):
+        for kind in kinds:
+            if kind in KERNELS:
+                raise RuntimeError(f"layer kind {kind!r} registered twice "
+                                   f"({KERNELS[kind].__module__} and {cls.__module__})")
+            KERNELS[kind] = cls
+        cls.kinds = kinds
+        return cls
+    return register
+
+
+class Kernel:
+    """Base of built-in kernels.
+
+    ``self.params`` is the layer's parameter message (e.g. ``ConvolutionLayerParams``),
+    ``self.ctx`` the planning context (rank-5 flag, weight decoding, nested networks).
+    Subclasses override ``compute(*inputs)`` returning one array or a list of arrays, one per
+    output. Kernels that need the whole blob scope (control flow) set ``uses_scope = True``
+    and override ``run(scope)`` instead, reading and writing blobs in the ``scope`` dict.
+    """
+
+    uses_scope = False
+
+    def __init__(self, layer, ctx):
+        self.layer = layer
+        self.name = layer.name
+        self.kind = layer.WhichOneof("layer")
+        self.params = getattr(layer, self.kind)
+        self.ctx = ctx
+
+    def compute(self, *inputs):
+        raise NotImplementedError
+
+    def run(self, scope):
+        raise NotImplementedError
+
+    # helpers shared by many kernels
+    def weights(self, weight_params, what="weights", count=None):
+        """Decode a WeightParams message to a float32 1-D array (any storage form)."""
+        return self.ctx.decode_weights(weight_params, f"{self.name}.{what}", count)
+
+    def unsupported(self, what):
+        return UnsupportedLayerError(f"{self.ctx.model_name}: layer '{self.name}' ({self.kind}): {what}")
+
+
+def as_float32(x):
+    return np.asarray(x, dtype=np.float32)
+
+
+class Context:
+    """What a kernel may ask of the model being planned.
+
+    ``rank5``: the model uses Core ML's rank-5 array mapping (specification <= 3): every blob is
+    5-D ``[Seq, Batch, C, H, W]``. Otherwise blobs have their true rank. Classic kernels address
+    axes from the end (C = -3, H = -2, W = -1), so one kernel serves both mappings.
+    ``build_network(layers)`` plans a nested network (loop/branch bodies) and returns an object
+    whose ``run(scope)`` executes it on the shared blob scope.
+    """
+
+    def __init__(self, model_name="<model>", rank5=False, spec_version=4, build_network=None, limits=None):
+        from ..spec import decode_weights
+        self.model_name = model_name
+        self.rank5 = rank5
+        self.spec_version = spec_version
+        self._decode = decode_weights
+        self._build_network = build_network
+        self.limits = limits or {"max_loop_iterations": 1_000_000}
+
+    def decode_weights(self, weight_params, where, count=None):
+        return self._decode(weight_params, f"{self.model_name}: {where}", count)
+
+    def build_network(self, layers):
+        if self._build_network is None:
+            raise RuntimeError("this context cannot plan nested networks")
+        return self._build_network(layers)

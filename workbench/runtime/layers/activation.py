@@ -1,0 +1,269 @@
+"""Element-wise activations and unary math: ``activation`` (13 nonlinearities), ``unary``, ``clip``,
+``clampedReLU``, ``gelu``, ``erf`` and the parameterless unary kinds (rounding, trigonometry, exp2).
+
+Every kernel here maps one float32 array to one of the same shape. Per-channel parameters
+(PReLU, parametric softplus) live on axis -3 (C), which is the channel axis both in rank-5
+``[Seq, Batch, C, H, W]`` blobs and in exact-rank ``[..., C, H, W]`` blobs.
+"""
+import numpy as np
+
+from ...errors import ModelFormatError
+from ._base import Kernel, kernel
+
+
+def _quiet():
+    """Overflow to inf and invalid-to-NaN are Core ML's float semantics too: no warnings for them."""
+    return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
+
+
+def _sigmoid(x):
+    with _quiet():
+        return np.float32(1) / (np.float32(1) + np.exp(-x))
+
+
+# ---------------------------------------------------------------- erf
+# erf(x) = x * P(x^2) / Q(x^2) on |x| <= 4, +-1 beyond (erfc(4) = 1.5e-8 is below half a float32
+# ulp of 1). P (degree 6) and Q (degree 5, Q(0) = 1) are a weighted least-squares rational fit of
+# erf(x)/x made for this module; relative error 2.5e-9 in float64, within 6 float32 ulps when
+# evaluated in float32, and about 20 numpy passes (no float64, no table gathers).
+_ERF_P = (1.1283791670955126, 0.18527999760113016, 0.05435400339089227, 0.0038564779935419044,
+          0.00038085896100584604, 4.715109380806457e-06, -1.3360234317604935e-08)
+_ERF_Q = (1.0, 0.4975335208155648, 0.11401401330707838, 0.015479842993669066,
+          0.0013106910349218788, 6.340348257154524e-05)
+_ERF_LIMIT = np.float32(4.0)
+
+
+def _horner(t, coefficients):
+    """sum(c_i t^i) in float32, in place on one buffer."""
+    acc = t * np.float32(coefficients[-1])
+    for c in coefficients[-2:0:-1]:
+        acc += np.float32(c)
+        acc *= t
+    acc += np.float32(coefficients[0])
+    return acc
+
+
+def erf(x):
+    """The Gauss error function of a float32 array, in float32 (NaN stays NaN)."""
+    xc = np.clip(x, -_ERF_LIMIT, _ERF_LIMIT)
+    t = xc * xc
+    out = _horner(t, _ERF_P)
+    out *= xc
+    out /= _horner(t, _ERF_Q)
+    return out
+
+
+# ---------------------------------------------------------------- activation
+
+def _channel_vector(kernel_, values, what):
+    """Shape a length-C (or length-1) parameter so it broadcasts over axis -3."""
+    if values.size == 0:
+        raise ModelFormatError(f"{kernel_.ctx.model_name}: layer '{kernel_.name}' (activation): "
+                               f"{what} has no values")
+    if values.size == 1:
+        return np.float32(values[0])
+    return values.reshape(-1, 1, 1)
+
+
+def _check_channels(kernel_, x, *params):
+    for p in params:
+        if isinstance(p, np.ndarray) and (x.ndim < 3 or x.shape[-3] != p.shape[0]):
+            got = f"{x.shape[-3]} channels (axis -3)" if x.ndim >= 3 else f"rank {x.ndim}"
+            raise ModelFormatError(f"{kernel_.ctx.model_name}: layer '{kernel_.name}' (activation "
+                                   f"{kernel_.nonlinearity}): has {p.shape[0]} per-channel parameters "
+                                   f"but its input {tuple(x.shape)} has {got}")
+
+
+@kernel("activation")
+class Activation(Kernel):
+    """The 13 ActivationParams nonlinearities, formulas as NeuralNetwork.proto states them."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.nonlinearity = self.params.WhichOneof("NonlinearityType")
+        if self.nonlinearity is None:
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}' (activation): "
+                                   f"no nonlinearity type is set")
+        p = getattr(self.params, self.nonlinearity)
+        self.alpha = getattr(p, "alpha", None)
+        self.beta = getattr(p, "beta", None)
+        if self.nonlinearity == "PReLU":
+            self.alpha = _channel_vector(self, self.weights(p.alpha, "alpha"), "alpha")
+        elif self.nonlinearity == "parametricSoftplus":
+            self.alpha = _channel_vector(self, self.weights(p.alpha, "alpha"), "alpha")
+            self.beta = _channel_vector(self, self.weights(p.beta, "beta"), "beta")
+        self.compute = getattr(self, "_" + self.nonlinearity)
+
+    def _linear(self, x):
+        return x * np.float32(self.alpha) + np.float32(self.beta)
+
+    def _ReLU(self, x):
+        return np.maximum(x, np.float32(0))
+
+    def _leakyReLU(self, x):
+        return np.where(x >= 0, x, x * np.float32(self.alpha))
+
+    def _thresholdedReLU(self, x):
+        return np.where(x >= np.float32(self.alpha), x, np.float32(0))
+
+    def _PReLU(self, x):
+        _check_channels(self, x, self.alpha)
+        return np.where(x >= 0, x, x * self.alpha)
+
+    def _tanh(self, x):
+        return np.tanh(x)
+
+    def _scaledTanh(self, x):
+        return np.float32(self.alpha) * np.tanh(np.float32(self.beta) * x)
+
+    def _sigmoid(self, x):
+        return _sigmoid(x)
+
+    def _sigmoidHard(self, x):
+        return np.clip(np.float32(self.alpha) * x + np.float32(self.beta), np.float32(0), np.float32(1))
+
+    def _ELU(self, x):
+        with _quiet():
+            return np.where(x >= 0, x, np.float32(self.alpha) * np.expm1(x))
+
+    def _softsign(self, x):
+        return x / (np.float32(1) + np.abs(x))
+
+    def _softplus(self, x):
+        return np.logaddexp(np.float32(0), x)
+
+    def _parametricSoftplus(self, x):
+        _check_channels(self, x, self.alpha, self.beta)
+        return (self.alpha * np.logaddexp(np.float32(0), self.beta * x)).astype(np.float32, copy=False)
+
+
+# ---------------------------------------------------------------- unary, clip, clampedReLU, gelu, erf
+
+# UnaryFunctionLayerParams.Operation name -> f(x, alpha, epsilon)
+_UNARY = {
+    "SQRT": lambda x, a, e: np.sqrt(x),
+    "RSQRT": lambda x, a, e: np.float32(1) / np.sqrt(x + e),
+    "INVERSE": lambda x, a, e: np.float32(1) / (x + e),
+    "POWER": lambda x, a, e: np.power(x, a),
+    "EXP": lambda x, a, e: np.exp(x),
+    # Core ML adds epsilon before LOG too, though the proto comment omits it: MIL's
+    # log(x, epsilon) lowers to this field and coremltools' NN-backend tests expect log(x + eps).
+    "LOG": lambda x, a, e: np.log(x + e),
+    "ABS": lambda x, a, e: np.abs(x),
+    "THRESHOLD": lambda x, a, e: np.maximum(x, a),
+}
+
+
+@kernel("unary")
+class Unary(Kernel):
+    """y = f(scale * x + shift); scale 0 means 1 and epsilon 0 means 1e-6, as the proto says."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.operation = type(p).Operation.Name(p.type) if p.type in type(p).Operation.values() else None
+        if self.operation not in _UNARY:
+            raise self.unsupported(f"unary operation number {p.type}")
+        self.function = _UNARY[self.operation]
+        self.alpha = np.float32(p.alpha)
+        self.epsilon = np.float32(p.epsilon or 1e-6)
+        self.scale = np.float32(p.scale or 1.0)
+        self.shift = np.float32(p.shift)
+
+    def compute(self, x):
+        if self.scale != 1 or self.shift != 0:
+            x = x * self.scale + self.shift
+        with _quiet():
+            return self.function(x, self.alpha, self.epsilon)
+
+
+@kernel("clip")
+class Clip(Kernel):
+    """min(max(x, minVal), maxVal), in that order: when minVal > maxVal every output is maxVal."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.low = np.float32(self.params.minVal)
+        self.high = np.float32(self.params.maxVal)
+
+    def compute(self, x):
+        return np.minimum(np.maximum(x, self.low), self.high)
+
+
+@kernel("clampedReLU")
+class ClampedReLU(Kernel):
+    """min(beta, x) for x >= 0, min(beta, alpha * x) below: a leaky ReLU capped at beta."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.alpha = np.float32(self.params.alpha)
+        self.beta = np.float32(self.params.beta)
+
+    def compute(self, x):
+        return np.minimum(np.where(x >= 0, x, x * self.alpha), self.beta)
+
+
+_SQRT_HALF = np.float32(np.sqrt(0.5))
+_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
+
+
+@kernel("gelu")
+class Gelu(Kernel):
+    """GELU in the three forms the proto names: exact (erf), tanh and sigmoid approximations."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        modes = type(self.params).GeluMode
+        mode = self.params.mode
+        self.mode = modes.Name(mode) if mode in modes.values() else None
+        if self.mode is None:
+            raise self.unsupported(f"gelu mode number {mode}")
+
+    def compute(self, x):
+        if self.mode == "EXACT":
+            inner = erf(x * _SQRT_HALF)
+        elif self.mode == "TANH_APPROXIMATION":
+            inner = np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x))
+        else:  # SIGMOID_APPROXIMATION: x * sigmoid(1.702 x)
+            return x * _sigmoid(np.float32(1.702) * x)
+        inner += np.float32(1)
+        inner *= np.float32(0.5)
+        inner *= x
+        return inner
+
+
+@kernel("erf")
+class Erf(Kernel):
+    def compute(self, x):
+        return erf(x)
+
+
+# ---------------------------------------------------------------- parameterless unary kinds
+
+def _round_half_even(x):
+    """Ties go to the even integer (np.round): coremltools documents "0.5 is rounded to 0", its MIL
+    value inference and its NN-layer test reference both use np.round, and so does torch.round."""
+    return np.round(x)
+
+
+_SIMPLE = {
+    "ceil": np.ceil, "floor": np.floor, "sign": np.sign, "round": _round_half_even,
+    "exp2": np.exp2,
+    "sin": np.sin, "cos": np.cos, "tan": np.tan,
+    "asin": np.arcsin, "acos": np.arccos, "atan": np.arctan,
+    "sinh": np.sinh, "cosh": np.cosh, "tanh": np.tanh,
+    "asinh": np.arcsinh, "acosh": np.arccosh, "atanh": np.arctanh,
+}
+
+
+@kernel(*_SIMPLE)
+class SimpleUnary(Kernel):
+    """A parameterless element-wise function; out-of-domain inputs give NaN/inf, without warnings."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.function = _SIMPLE[self.kind]
+
+    def compute(self, x):
+        with _quiet():
+            return self.function(x)

@@ -1,0 +1,223 @@
+"""Normalization kernels: batchnorm, mvn, softmax, softmaxND, l2normalize, lrn, layerNormalization.
+
+The classic layers (all but softmaxND and layerNormalization) put channels on axis -3 and
+treat every axis before it as batch, so one kernel serves rank-5 blobs ``[Seq, Batch, C, H, W]``
+and exact-rank blobs alike. Statistics are computed in float64 and the result cast back to
+float32, so large planes do not lose precision in the sums.
+"""
+import numpy as np
+
+from ...errors import ModelFormatError
+from ._base import Kernel, kernel
+
+CHANNEL_AXIS = -3
+SPATIAL_AXES = (-2, -1)
+CHW_AXES = (-3, -2, -1)
+
+
+def _require_rank(layer, x, rank):
+    if x.ndim < rank:
+        raise ValueError(f"layer '{layer.name}' ({layer.kind}) needs an input of rank >= {rank} "
+                         f"(channels on axis -3), got shape {x.shape}")
+
+
+def _require_channels(layer, x, channels):
+    if x.shape[CHANNEL_AXIS] != channels:
+        raise ValueError(f"layer '{layer.name}' ({layer.kind}) has {channels} channels, the input "
+                         f"has {x.shape[CHANNEL_AXIS]} on axis -3 (shape {x.shape})")
+
+
+def _standardize(x, axes, eps, divide_by_std=True):
+    """(x - mean) / sqrt(var + eps) over ``axes``, population variance, in float64."""
+    x64 = x.astype(np.float64)
+    centered = x64 - x64.mean(axis=axes, keepdims=True)
+    if not divide_by_std:
+        return centered
+    var = np.mean(np.square(centered), axis=axes, keepdims=True)
+    return centered / np.sqrt(var + eps)
+
+
+def _positive_or(value, default):
+    """The proto's 'defaults to X if not set or set to 0' rule."""
+    return float(value) if value else default
+
+
+@kernel("batchnorm")
+class BatchNorm(Kernel):
+    """y = gamma * (x - mean) / sqrt(var + eps) + beta per channel (axis -3).
+
+    With fixed statistics the affine map is folded once into a per-channel scale and shift.
+    With computeMeanVar the statistics come from the input: per instance and channel over H, W
+    (instanceNormalization), or per channel over every other axis (the whole batch).
+    """
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.channels = int(p.channels)
+        if self.channels <= 0:
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}' (batchnorm): channels must be > 0")
+        self.eps = _positive_or(p.epsilon, 1e-5)
+        self.compute_stats = bool(p.computeMeanVar)
+        self.instance = bool(p.instanceNormalization)
+        gamma = self.weights(p.gamma, "gamma", self.channels).astype(np.float64)
+        beta = self.weights(p.beta, "beta", self.channels).astype(np.float64)
+        per_channel = (self.channels, 1, 1)
+        if self.compute_stats:
+            self.gamma = gamma.reshape(per_channel)
+            self.beta = beta.reshape(per_channel)
+        else:
+            mean = self.weights(p.mean, "mean", self.channels).astype(np.float64)
+            var = self.weights(p.variance, "variance", self.channels).astype(np.float64)
+            scale = gamma / np.sqrt(var + self.eps)
+            self.scale = scale.astype(np.float32).reshape(per_channel)
+            self.shift = (beta - mean * scale).astype(np.float32).reshape(per_channel)
+
+    def compute(self, x):
+        _require_rank(self, x, 3)
+        _require_channels(self, x, self.channels)
+        if not self.compute_stats:
+            return x * self.scale + self.shift
+        if self.instance:
+            axes = SPATIAL_AXES
+        else:
+            axes = tuple(a for a in range(x.ndim) if a != x.ndim + CHANNEL_AXIS)
+        y = _standardize(x, axes, self.eps) * self.gamma + self.beta
+        return y.astype(np.float32)
+
+
+@kernel("mvn")
+class MeanVarianceNormalize(Kernel):
+    """Subtract the mean (and divide by sqrt(var + eps)) per channel plane, or across C, H, W.
+
+    The proto does not spell out where epsilon goes; Apple's own converters lower
+    ``layer_norm`` (eps inside the square root) to this layer, so it goes inside here too.
+    """
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.axes = CHW_AXES if p.acrossChannels else SPATIAL_AXES
+        self.normalize_variance = bool(p.normalizeVariance)
+        self.eps = _positive_or(p.epsilon, 1e-6)
+
+    def compute(self, x):
+        _require_rank(self, x, len(self.axes))
+        return _standardize(x, self.axes, self.eps, self.normalize_variance).astype(np.float32)
+
+
+def _softmax(x, axis):
+    shifted = x - x.max(axis=axis, keepdims=True)
+    e = np.exp(shifted)
+    e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+@kernel("softmax")
+class Softmax(Kernel):
+    """Softmax over the channel axis (-3)."""
+
+    def compute(self, x):
+        _require_rank(self, x, 3)
+        return _softmax(x, CHANNEL_AXIS)
+
+
+@kernel("softmaxND")
+class SoftmaxND(Kernel):
+    """Softmax over any axis (negative axes count from the end)."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.axis = int(self.params.axis)
+
+    def compute(self, x):
+        if not -x.ndim <= self.axis < x.ndim:
+            raise ValueError(f"layer '{self.name}' (softmaxND): axis {self.axis} is out of range "
+                             f"for an input of rank {x.ndim}")
+        return _softmax(x, self.axis)
+
+
+@kernel("l2normalize")
+class L2Normalize(Kernel):
+    """x / sqrt(sum(x^2) + eps), the sum over C, H, W of each batch item."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.eps = _positive_or(self.params.epsilon, 1e-6)
+
+    def compute(self, x):
+        _require_rank(self, x, 3)
+        x64 = x.astype(np.float64)
+        norm = np.sqrt(np.sum(np.square(x64), axis=CHW_AXES, keepdims=True) + self.eps)
+        return (x64 / norm).astype(np.float32)
+
+
+@kernel("lrn")
+class LocalResponseNorm(Kernel):
+    """x / (k + alpha / localSize * sum of x^2 over a window of channels)^beta.
+
+    The window around channel c is [c - localSize // 2, c + (localSize - 1) // 2], clipped at
+    the edges: the window of Metal's MPSCNNCrossChannelNormalization (and of PyTorch), which
+    only matters for an even localSize.
+    """
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.size = int(p.localSize)
+        if self.size <= 0:
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}' (lrn): localSize must be > 0")
+        self.alpha = float(p.alpha)
+        self.beta = float(p.beta)
+        self.k = _positive_or(p.k, 1.0)
+        self.pad = (self.size // 2, (self.size - 1) // 2)
+
+    def compute(self, x):
+        _require_rank(self, x, 3)
+        squares = np.square(x.astype(np.float64))
+        pad_width = [(0, 0)] * x.ndim
+        pad_width[x.ndim + CHANNEL_AXIS] = self.pad
+        padded = np.pad(squares, pad_width)
+        # window sums from a running sum along channels: cum[c + size] - cum[c]
+        cum = np.cumsum(padded, axis=CHANNEL_AXIS)
+        cum = np.concatenate([np.zeros_like(cum[..., :1, :, :]), cum], axis=CHANNEL_AXIS)
+        window = cum[..., self.size:, :, :] - cum[..., :-self.size, :, :]
+        denom = np.power(self.k + (self.alpha / self.size) * window, self.beta)
+        return (x / denom).astype(np.float32)
+
+
+@kernel("layerNormalization")
+class LayerNormalization(Kernel):
+    """gamma * (x - mean) / sqrt(var + eps) + beta over the trailing ``normalizedShape`` axes."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.normalized_shape = tuple(int(d) for d in p.normalizedShape)
+        if not self.normalized_shape or any(d <= 0 for d in self.normalized_shape):
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}' (layerNormalization): "
+                                   f"normalizedShape {list(self.normalized_shape)} must be non-empty "
+                                   f"and positive")
+        count = int(np.prod(self.normalized_shape))
+        self.eps = float(p.eps)
+        self.gamma = self._affine(p, "gamma", count, 1.0)
+        self.beta = self._affine(p, "beta", count, 0.0)
+        self.axes = tuple(range(-len(self.normalized_shape), 0))
+
+    def _affine(self, p, what, count, default):
+        """gamma/beta shaped like normalizedShape; an absent one is the identity."""
+        if not p.HasField(what) or self._is_empty(getattr(p, what)):
+            return np.full(self.normalized_shape, default)
+        return self.weights(getattr(p, what), what, count).astype(np.float64).reshape(self.normalized_shape)
+
+    @staticmethod
+    def _is_empty(w):
+        return not (len(w.floatValue) or len(w.float16Value) or len(w.rawValue) or len(w.int8RawValue))
+
+    def compute(self, x):
+        if x.shape[x.ndim - len(self.normalized_shape):] != self.normalized_shape:
+            raise ValueError(f"layer '{self.name}' (layerNormalization): normalizedShape "
+                             f"{list(self.normalized_shape)} does not match the trailing axes of "
+                             f"the input shape {x.shape}")
+        y = _standardize(x, self.axes, self.eps) * self.gamma + self.beta
+        return y.astype(np.float32)

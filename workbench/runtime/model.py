@@ -1,0 +1,183 @@
+"""Load a Core ML model, plan it once, predict, trace intermediates, swap implementations live."""
+import numpy as np
+
+from ..errors import (ImplementationError, MissingImplementationError, ModelFormatError,
+                      UnsupportedLayerError, WorkbenchError)
+from . import spec as specmod
+from .features import FeatureIO
+from .plan import Planner
+from .registry import Implementations
+
+DEFAULT_LIMITS = {"max_loop_iterations": 1_000_000}
+
+
+def load(source, layers=None, limits=None):
+    """Load a model from a .mlmodel path, bytes, a Model_pb2.Model spec or a coremltools MLModel.
+
+    ``layers`` says where custom layer implementations come from: a folder (every .py in it), a
+    .py file, a module, a class, a list of these, or a mapping {className: class}; classes made
+    with ``@wb.custom_layer`` (or CustomLayer subclasses defined in a notebook) are found too.
+    A model whose implementations are missing still loads; predict then names what is missing.
+    """
+    spec, name, path = specmod.read_spec(source)
+    return Model(spec, name=name, path=path, layers=layers, limits=limits)
+
+
+class Model:
+    """A loaded, planned Core ML neural network. Build with ``wb.load``."""
+
+    def __init__(self, spec, name="<model>", path=None, layers=None, limits=None):
+        self.spec, self.name, self.path = spec, name, path
+        self.model_name = name
+        self.type = spec.WhichOneof("Type")
+        if self.type not in specmod.NEURAL_NETWORK_TYPES:
+            raise UnsupportedLayerError(
+                f"{name}: the model is of type '{self.type}'; this runtime runs neural networks "
+                f"(neuralNetwork, neuralNetworkClassifier, neuralNetworkRegressor)")
+        self.nn = getattr(spec, self.type)
+        self.spec_version = spec.specificationVersion
+        self.rank5 = self.nn.arrayInputShapeMapping == 0
+        self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
+        self.io = FeatureIO(spec, self.nn, self.type, self.rank5, name)
+        self.implementations = Implementations()
+        self.implementations.add_source(layers)
+        self.shapes_only = False
+        self._plan()
+        self._bind_implementations()
+        self.blob_shapes = self._shape_pass()
+
+    # ------------------------------------------------------------ planning
+    def _plan(self):
+        if not len(self.nn.layers):
+            raise ModelFormatError(f"{self.name}: the neural network has no layers")
+        planner = Planner(self, self.rank5, self.spec_version, self.limits)
+        self.network = planner.plan(self.nn.layers, [f.name for f in self.io.inputs])
+        self._custom_steps = planner.custom_steps
+        self.custom_layers = [s.record for s in self._custom_steps]
+        last = list(self.nn.layers[-1].output)
+        self._output_blobs = {}
+        for f in self.io.outputs:
+            if f.name in self.network.produced:
+                self._output_blobs[f.name] = f.name
+        if self.type == "neuralNetworkClassifier":
+            blob = self.io.probability_blob(last[0] if last else "")
+            if blob not in self.network.produced:
+                raise ModelFormatError(f"{self.name}: the classifier reads probabilities from blob '{blob}', "
+                                       f"which no layer produces")
+            self._output_blobs[None] = blob
+            classifier = self.io._classifier_names()
+        else:
+            classifier = set()
+        missing = [f.name for f in self.io.outputs if f.name not in self._output_blobs and f.name not in classifier]
+        if missing:
+            raise ModelFormatError(f"{self.name}: output(s) {', '.join(missing)} are produced by no layer")
+
+    def _bind_implementations(self):
+        for step in self._custom_steps:
+            cls = self.implementations.lookup(step.record.class_name)
+            if cls is not None:
+                step.instantiate(cls)
+
+    def _shape_pass(self):
+        """Run the network once on zeros of the default input shapes, evaluating no custom layer.
+
+        This is Core ML's load-time ``output_shapes`` call for each custom layer, and gives every
+        blob's shape for the shape view. A model whose shapes depend on data, or whose
+        implementations are missing, is shaped as far as the pass gets; the rest at predict.
+        """
+        defaults = self.io.default_inputs()
+        if defaults is None:
+            return {}
+        scope = self.io.to_blobs(defaults, raw_images=True)
+        self.shapes_only = True
+        try:
+            with np.errstate(all="ignore"):
+                self.network.run(scope)
+        except MissingImplementationError:
+            pass
+        except WorkbenchError as e:
+            if e.__class__.__name__ == "LayerError" and getattr(e, "class_name", None):
+                raise
+        finally:
+            self.shapes_only = False
+        return {name: tuple(v.shape) for name, v in scope.items()}
+
+    # ------------------------------------------------------------ running
+    def missing_implementations(self):
+        return sorted({s.record.class_name for s in self._custom_steps if s.record.instance is None})
+
+    def trace(self, inputs):
+        """Every blob of the network by name, after one prediction (intermediates included)."""
+        missing = self.missing_implementations()
+        if missing:
+            raise MissingImplementationError(self.name, missing)
+        scope = self.io.to_blobs(inputs)
+        with np.errstate(all="ignore"):
+            self.network.run(scope)
+        self.blob_shapes = {name: tuple(v.shape) for name, v in scope.items()}
+        return scope
+
+    def predict(self, inputs):
+        """Outputs by name, the way coremltools' MLModel.predict answers on macOS."""
+        scope = self.trace(inputs)
+        return self.io.answer(scope, self._output_blobs.__getitem__)
+
+    # ------------------------------------------------------------ live implementations
+    def use(self, *sources):
+        """Add or replace implementations (classes, files, folders, modules, mappings) in this model.
+
+        Each affected layer runs ``__init__`` and ``set_weight_data`` again, and ``output_shapes``
+        at the next prediction. If any of them fails, every layer keeps its previous implementation.
+        """
+        staged = Implementations()
+        for source in sources:
+            staged.add_source(source)
+        self._swap(staged.classes)
+        self.implementations.classes.update(staged.classes)
+        self.implementations.files.update(staged.files)
+
+    def reload(self):
+        """Recompile implementation files changed on disk; return the classNames replaced."""
+        staged = Implementations()
+        for path in self.implementations.changed_files():
+            staged.load_file(path)
+        if staged.classes:
+            self._swap(staged.classes)
+            self.implementations.classes.update(staged.classes)
+            self.implementations.files.update(staged.files)
+        return sorted(staged.classes)
+
+    def _swap(self, classes):
+        steps = [s for s in self._custom_steps if s.record.class_name in classes]
+        saved = [(s.record.implementation, s.record.instance, s.record.input_shapes, s.record.output_shapes)
+                 for s in steps]
+        try:
+            for step in steps:
+                step.instantiate(classes[step.record.class_name])
+        except WorkbenchError:
+            for step, (impl, inst, ins, outs) in zip(steps, saved):
+                r = step.record
+                r.implementation, r.instance, r.input_shapes, r.output_shapes = impl, inst, ins, outs
+            raise
+
+    # ------------------------------------------------------------ description
+    @property
+    def layers(self):
+        """(name, kind, inputs, outputs) of each top-level layer, in order."""
+        return [(l.name, l.WhichOneof("layer"), list(l.input), list(l.output)) for l in self.nn.layers]
+
+    @property
+    def input_description(self):
+        return {f.name: specmod.describe_type(f) for f in self.io.inputs}
+
+    @property
+    def output_description(self):
+        return {f.name: specmod.describe_type(f) for f in self.io.outputs}
+
+    def __repr__(self):
+        custom = ", ".join(sorted({r.class_name for r in self.custom_layers})) or "none"
+        return (f"<workbench.Model {self.name!r}: {self.type}, spec {self.spec_version}, "
+                f"{len(self.nn.layers)} layers, custom: {custom}>")
+
+
+__all__ = ["load", "Model", "ImplementationError"]

@@ -1,0 +1,203 @@
+"""Plan a NeuralNetwork once at load: validated order, kernels with decoded weights, custom layer steps.
+
+A plan is a list of steps; each step reads its input blobs from a shared scope (a dict) and writes
+its outputs there. Nested networks (loop and branch bodies) are planned the same way and share
+the scope, as Core ML's nested networks share blob names with their parent.
+"""
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ..errors import LayerError, ModelFormatError, UnsupportedLayerError, WorkbenchError
+from . import spec as specmod
+from .layers import KERNELS, Context
+from .protocol import LayerGuard
+
+
+class Network:
+    """An ordered list of steps over a shared blob scope."""
+
+    def __init__(self, steps, produced):
+        self.steps = steps
+        self.produced = produced
+
+    def run(self, scope):
+        for step in self.steps:
+            step.run(scope)
+
+
+class BuiltinStep:
+    """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
+
+    def __init__(self, layer, kernel_obj, model_name):
+        self.name, self.kind = layer.name, layer.WhichOneof("layer")
+        self.inputs, self.outputs = list(layer.input), list(layer.output)
+        self.kernel, self.model_name = kernel_obj, model_name
+
+    def run(self, scope):
+        try:
+            if self.kernel.uses_scope:
+                self.kernel.run(scope)
+                return
+            result = self.kernel.compute(*[scope[n] for n in self.inputs])
+        except WorkbenchError:
+            raise
+        except KeyboardInterrupt:
+            raise
+        except Exception as e:
+            raise LayerError(self.model_name, self.name,
+                             f"the built-in {self.kind} kernel failed: {type(e).__name__}: {e}") from e
+        if isinstance(result, np.ndarray) or not isinstance(result, (list, tuple)):
+            result = [result]
+        if len(result) != len(self.outputs):
+            raise LayerError(self.model_name, self.name, f"{self.kind} produced {len(result)} outputs, "
+                             f"the layer names {len(self.outputs)}")
+        for name, value in zip(self.outputs, result):
+            scope[name] = np.asarray(value, dtype=np.float32)
+
+
+@dataclass
+class CustomLayerRecord:
+    """What the model file says about one custom layer, and what implements it."""
+    name: str
+    class_name: str
+    description: str
+    parameters: dict
+    parameter_types: dict
+    weights: list
+    inputs: list
+    outputs: list
+    implementation: type = None
+    instance: object = None
+    input_shapes: list = None
+    output_shapes: list = None
+    calls: dict = field(default_factory=lambda: {"output_shapes": 0, "evaluate": 0})
+
+    def __repr__(self):
+        impl = self.implementation.__name__ if self.implementation else "missing"
+        return (f"CustomLayerRecord(name={self.name!r}, class_name={self.class_name!r}, "
+                f"parameters={self.parameters!r}, weights={[w.size for w in self.weights]}, "
+                f"inputs={self.inputs}, outputs={self.outputs}, implementation={impl})")
+
+
+class CustomStep:
+    """One custom layer, called with Core ML's lifecycle (see protocol.py)."""
+
+    def __init__(self, record, runtime):
+        self.record, self.runtime = record, runtime
+        self.name, self.kind = record.name, "custom"
+        self.inputs, self.outputs = record.inputs, record.outputs
+        self.guard = LayerGuard(runtime.model_name, record.name, record.class_name)
+
+    def instantiate(self, cls):
+        """__init__ then set_weight_data, once, as Core ML does at load."""
+        r = self.record
+        instance = self.guard.call("__init__", cls, dict(r.parameters))
+        self.guard.call("set_weight_data", instance.set_weight_data, list(r.weights))
+        r.implementation, r.instance = cls, instance
+        r.input_shapes = r.output_shapes = None
+
+    def run(self, scope):
+        r = self.record
+        if r.instance is None:
+            from ..errors import MissingImplementationError
+            raise MissingImplementationError(self.runtime.model_name, [r.class_name])
+        inputs = [_read_only(scope[n]) for n in self.inputs]
+        shapes = [tuple(int(d) for d in x.shape) for x in inputs]
+        if shapes != r.input_shapes:
+            declared = self.guard.call("output_shapes", r.instance.output_shapes, [tuple(s) for s in shapes])
+            r.output_shapes = self.guard.check_shapes(declared, len(self.outputs))
+            r.input_shapes = shapes
+            r.calls["output_shapes"] += 1
+        if self.runtime.shapes_only:
+            for name, shape in zip(self.outputs, r.output_shapes):
+                scope[name] = np.zeros(shape, np.float32)
+            return
+        outputs = [np.empty(shape, np.float32) for shape in r.output_shapes]
+        handed = list(outputs)
+        self.guard.call("evaluate", r.instance.evaluate, inputs, handed)
+        r.calls["evaluate"] += 1
+        for i, (mine, theirs) in enumerate(zip(outputs, handed)):
+            if theirs is not mine:
+                raise self.guard.error("evaluate", f"outputs[{i}] was replaced by a new object; fill the "
+                                       f"preallocated array in place (outputs[{i}][...] = ...)")
+        self.guard.check_outputs(outputs, r.output_shapes)
+        for name, value in zip(self.outputs, outputs):
+            scope[name] = value
+
+
+def _read_only(arr):
+    view = arr.view()
+    view.flags.writeable = False
+    return view
+
+
+class Planner:
+    """Builds the Network of a model, and its nested networks, validating blob flow."""
+
+    def __init__(self, runtime, rank5, spec_version, limits):
+        self.runtime = runtime
+        self.model_name = runtime.model_name
+        self.ctx = Context(self.model_name, rank5=rank5, spec_version=spec_version,
+                           build_network=self._build_nested, limits=limits)
+        self.known = set()
+        self.custom_steps = []
+
+    def plan(self, layers, inputs):
+        self.known = set(inputs)
+        return self._plan_layers(layers)
+
+    def _build_nested(self, layers):
+        outer = set(self.known)
+        net = self._plan_layers(layers)
+        self.known = outer | net.produced
+        return net
+
+    def _plan_layers(self, layers):
+        steps, produced = [], set()
+        for index, layer in enumerate(layers):
+            kind = layer.WhichOneof("layer")
+            name = layer.name or f"#{index}"
+            if kind is None:
+                raise ModelFormatError(f"{self.model_name}: layer '{name}' has no layer type set "
+                                       f"(an unknown kind from a newer specification, or a corrupt file)")
+            for blob in layer.input:
+                if blob not in self.known:
+                    raise ModelFormatError(f"{self.model_name}: layer '{name}' ({kind}) reads blob '{blob}', "
+                                           f"which no model input or earlier layer produces")
+            if kind == "custom":
+                step = self._custom_step(layer)
+            else:
+                step = self._builtin_step(layer, kind)
+            steps.append(step)
+            self.known.update(layer.output)
+            produced.update(layer.output)
+        return Network(steps, produced)
+
+    def _builtin_step(self, layer, kind):
+        cls = KERNELS.get(kind)
+        if cls is None:
+            raise UnsupportedLayerError(f"{self.model_name}: layer '{layer.name}' is of kind '{kind}', "
+                                        f"which this runtime does not run yet")
+        try:
+            kernel_obj = cls(layer, self.ctx)
+        except WorkbenchError:
+            raise
+        except Exception as e:
+            raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has parameters the "
+                                   f"runtime cannot use: {type(e).__name__}: {e}") from e
+        return BuiltinStep(layer, kernel_obj, self.model_name)
+
+    def _custom_step(self, layer):
+        p = layer.custom
+        if not p.className:
+            raise ModelFormatError(f"{self.model_name}: custom layer '{layer.name}' has no className")
+        weights = [specmod.decode_weights(w, f"{self.model_name}: custom layer '{layer.name}' weights[{i}]")
+                   for i, w in enumerate(p.weights)]
+        record = CustomLayerRecord(
+            name=layer.name, class_name=p.className, description=p.description,
+            parameters=specmod.custom_parameters(p), parameter_types=specmod.custom_parameter_types(p),
+            weights=weights, inputs=list(layer.input), outputs=list(layer.output))
+        step = CustomStep(record, self.runtime)
+        self.custom_steps.append(step)
+        return step
