@@ -174,6 +174,11 @@ class Model:
     def output_description(self):
         return {f.name: specmod.describe_type(f) for f in self.io.outputs}
 
+    def summary(self):
+        """Inputs, outputs, layer kinds and custom layers as plain text (what `workbench inspect` prints)."""
+        from .summary import summary
+        return summary(self)
+
     def __repr__(self):
         custom = ", ".join(sorted({r.class_name for r in self.custom_layers})) or "none"
         return (f"<workbench.Model {self.name!r}: {self.type}, spec {self.spec_version}, "

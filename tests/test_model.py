@@ -1,0 +1,125 @@
+"""wb.load's sources and its errors; predict's and trace's contract."""
+import numpy as np
+import pytest
+
+import workbench as wb
+from conftest import corpus, custom_only_model
+
+
+class Double(wb.CustomLayer):
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = 2 * inputs[0]
+
+
+class Negate(wb.CustomLayer):
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = -inputs[0]
+
+
+X = np.arange(6, dtype=np.float32).reshape(2, 3)
+
+
+@pytest.mark.parametrize("form", ["path", "bytes", "spec", "mlmodel"])
+def test_load_from_every_source_form(tmp_path, form):
+    import coremltools as ct
+    spec = custom_only_model(["Double", "Negate"])
+    path = tmp_path / "m.mlmodel"
+    path.write_bytes(spec.SerializeToString())
+    source = {"path": str(path), "bytes": path.read_bytes(), "spec": spec,
+              "mlmodel": ct.models.MLModel(spec, skip_model_load=True)}[form]
+    model = wb.load(source, layers=[Double, Negate])
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], -2 * X)
+
+
+def test_trace_has_every_intermediate():
+    model = wb.load(custom_only_model(["Double", "Negate"]), layers={"Double": Double, "Negate": Negate})
+    blobs = model.trace({"x": X})
+    assert set(blobs) == {"x", "t0", "y"}
+    np.testing.assert_array_equal(blobs["t0"], 2 * X)
+
+
+def test_missing_implementations_load_and_predict_names_them():
+    model = wb.load(custom_only_model(["Double", "Negate", "Mystery"]), layers=[Double])
+    assert [r.class_name for r in model.custom_layers] == ["Double", "Negate", "Mystery"]
+    assert model.custom_layers[1].implementation is None
+    with pytest.raises(wb.MissingImplementationError, match="Mystery, Negate"):
+        model.predict({"x": X})
+
+
+def test_class_name_is_never_imported():
+    spec = custom_only_model(["os.system"])
+    model = wb.load(spec)
+    assert model.missing_implementations() == ["os.system"]
+    with pytest.raises(wb.MissingImplementationError, match="os.system"):
+        model.predict({"x": X})
+
+
+def test_not_protobuf(tmp_path):
+    path = tmp_path / "bad.mlmodel"
+    path.write_bytes(b"\xff\xfe this is not a model at all \x00\x01")
+    with pytest.raises(wb.ModelFormatError, match=r"bad.mlmodel: not a Core ML model"):
+        wb.load(path)
+
+
+def test_truncated_file(tmp_path):
+    data = custom_only_model(["Double"], weights=[np.arange(100)]).SerializeToString()
+    path = tmp_path / "cut.mlmodel"
+    path.write_bytes(data[: len(data) // 2])
+    with pytest.raises(wb.ModelFormatError, match=r"cut.mlmodel: not a Core ML model.*truncated"):
+        wb.load(path)
+
+
+def test_empty_and_missing_files(tmp_path):
+    (tmp_path / "empty.mlmodel").write_bytes(b"")
+    with pytest.raises(wb.ModelFormatError, match="empty.mlmodel: the file is empty"):
+        wb.load(tmp_path / "empty.mlmodel")
+    with pytest.raises(wb.ModelFormatError, match="cannot read the model file"):
+        wb.load(tmp_path / "absent.mlmodel")
+
+
+def test_not_a_neural_network():
+    from coremltools.proto import Model_pb2
+    spec = Model_pb2.Model()
+    spec.specificationVersion = 1
+    spec.treeEnsembleRegressor.SetInParent()
+    with pytest.raises(wb.WorkbenchError, match="type 'treeEnsembleRegressor'; this runtime runs neural networks"):
+        wb.load(spec)
+
+
+def test_layer_reading_a_blob_nothing_produces():
+    spec = custom_only_model(["Double", "Negate"])
+    spec.neuralNetwork.layers[1].input[0] = "ghost"
+    with pytest.raises(wb.ModelFormatError, match="layer 'layer1' .* reads blob 'ghost', which no model input"):
+        wb.load(spec)
+
+
+def test_output_produced_by_no_layer():
+    spec = custom_only_model(["Double"])
+    spec.description.output[0].name = "nowhere"
+    with pytest.raises(wb.ModelFormatError, match="nowhere are produced by no layer"):
+        wb.load(spec)
+
+
+def test_inputs_are_checked():
+    model = wb.load(custom_only_model(["Double"]), layers=Double)
+    with pytest.raises(wb.InputError, match="missing input 'x'"):
+        model.predict({})
+    with pytest.raises(wb.InputError, match="unknown input"):
+        model.predict({"x": X, "typo": X})
+    with pytest.raises(wb.InputError, match=r"has shape \(4,\); the model allows \(2, 3\)"):
+        model.predict({"x": np.zeros(4, np.float32)})
+
+
+def test_summary_lists_custom_layers_and_missing():
+    model = wb.load(custom_only_model(["Double", "Mystery"], parameters={"beta": 0.5}), layers=Double)
+    text = model.summary()
+    assert "className Double" in text and "parameter beta = 0.5 (doubleValue)" in text
+    assert "missing implementations: Mystery" in text
+    assert repr(model) == "<workbench.Model '<spec>': neuralNetwork, spec 4, 2 layers, custom: Double, Mystery>"
+
+
+def test_corpus_swish_model_loads_without_implementation():
+    model = wb.load(corpus("hollance_NeuralMcNeuralNet.mlmodel"))
+    (record,) = model.custom_layers
+    assert record.class_name == "Swish" and record.parameters == {"beta": pytest.approx(0.01)}
+    assert record.implementation is None

@@ -1,0 +1,87 @@
+"""The `workbench` command: inspect a model, run it on files, run the bundled demo."""
+import argparse
+import sys
+from pathlib import Path
+
+import numpy as np
+
+
+def main(argv=None):
+    parser = argparse.ArgumentParser(prog="workbench", description="Core ML custom layer workbench")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("inspect", help="inputs, outputs, layers and custom layers of a model")
+    p.add_argument("model")
+    p.add_argument("--layers", help="folder or .py file with custom layer implementations")
+
+    p = sub.add_parser("run", help="run a model on inputs from .npy/.png files, write outputs to .npz")
+    p.add_argument("model")
+    p.add_argument("--layers", help="folder or .py file with custom layer implementations")
+    p.add_argument("--input", action="append", default=[], metavar="NAME=FILE",
+                   help="an input: .npy for arrays, .png/.jpg for images (repeat for several)")
+    p.add_argument("--out", required=True, help="output .npz file")
+
+    sub.add_parser("demo", help="load the bundled example, run it, compare with its PyTorch outputs")
+
+    args = parser.parse_args(argv)
+    from .errors import WorkbenchError
+    try:
+        return {"inspect": _inspect, "run": _run, "demo": _demo}[args.command](args)
+    except WorkbenchError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+
+
+def _inspect(args):
+    import workbench as wb
+    model = wb.load(args.model, layers=args.layers)
+    print(model.summary())
+    return 0
+
+
+def _run(args):
+    import workbench as wb
+    from .errors import InputError
+    model = wb.load(args.model, layers=args.layers)
+    inputs = {}
+    for item in args.input:
+        name, sep, file = item.partition("=")
+        if not sep:
+            raise InputError(f"--input {item!r}: write it as NAME=FILE")
+        path = Path(file)
+        if not path.is_file():
+            raise InputError(f"--input {name}: no file '{file}'")
+        if path.suffix.lower() == ".npy":
+            inputs[name] = np.load(path, allow_pickle=False)
+        else:
+            from PIL import Image
+            try:
+                inputs[name] = Image.open(path)
+            except OSError as e:
+                raise InputError(f"--input {name}: '{file}' is neither .npy nor a readable image ({e})") from None
+    outputs = model.predict(inputs)
+    arrays = {}
+    for name, value in outputs.items():
+        if isinstance(value, dict):
+            arrays[name + ".labels"] = np.array([str(k) for k in value])
+            arrays[name + ".values"] = np.array(list(value.values()))
+        elif hasattr(value, "convert"):
+            arrays[name] = np.asarray(value)
+        else:
+            arrays[name] = np.asarray(value)
+    np.savez(args.out, **arrays)
+    for name, value in arrays.items():
+        print(f"{name}: {value.dtype} {value.shape}")
+    print(f"wrote {args.out}")
+    return 0
+
+
+def _demo(args):
+    from .examples.demo import run_demo
+    ok, report = run_demo()
+    print(report)
+    return 0 if ok else 1
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,34 @@
+"""A plain-text description of a loaded model: what `workbench inspect` prints and notebooks show."""
+from collections import Counter
+
+
+def summary(model):
+    lines = [f"{model.name}: {model.type}, specification version {model.spec_version}, "
+             f"{'rank-5 array mapping [Seq, Batch, C, H, W]' if model.rank5 else 'exact-rank arrays'}"]
+    lines.append("inputs:")
+    lines += [f"  {name}: {desc}" for name, desc in model.input_description.items()]
+    lines.append("outputs:")
+    lines += [f"  {name}: {desc}" for name, desc in model.output_description.items()]
+    kinds = Counter(kind for _, kind, _, _ in model.layers)
+    lines.append(f"layers: {len(model.layers)} (" + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) + ")")
+    if not model.custom_layers:
+        lines.append("custom layers: none")
+    else:
+        lines.append(f"custom layers: {len(model.custom_layers)}")
+    for r in model.custom_layers:
+        impl = (f"implemented by {r.implementation.__module__}.{r.implementation.__name__}"
+                if r.implementation else "MISSING implementation")
+        lines.append(f"  {r.name}: className {r.class_name} ({impl})")
+        if r.description:
+            lines.append(f"    description: {r.description}")
+        for key, value in r.parameters.items():
+            lines.append(f"    parameter {key} = {value!r} ({r.parameter_types[key]})")
+        for i, w in enumerate(r.weights):
+            lines.append(f"    weights[{i}]: {w.size} values")
+        ins = [f"{n} {model.blob_shapes.get(n, '?')}" for n in r.inputs]
+        outs = [f"{n} {model.blob_shapes.get(n, '?')}" for n in r.outputs]
+        lines.append(f"    inputs: {', '.join(ins)}; outputs: {', '.join(outs)}")
+    missing = model.missing_implementations()
+    if missing:
+        lines.append("missing implementations: " + ", ".join(missing))
+    return "\n".join(lines)
