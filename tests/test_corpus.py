@@ -25,11 +25,18 @@ def test_the_list_is_the_corpus():
     assert sorted(p.name for p in CORPUS.glob("*.mlmodel")) == sorted(MODELS)
 
 
+# Sequence models take [Seq, Batch, C, H, W] arrays: Exermote reads 40 time steps of 12 features.
+SEQUENCE_SHAPES = {"accelerations": (40, 1, 12, 1, 1)}
+
+
 def default_inputs(model):
     """Deterministic inputs of each feature's default shape: PIL images for image inputs."""
     rng = np.random.default_rng(0)
     inputs = {}
     for f in model.io.inputs:
+        if f.name in SEQUENCE_SHAPES:
+            inputs[f.name] = rng.uniform(-1, 1, SEQUENCE_SHAPES[f.name]).astype(np.float32)
+            continue
         kind = f.type.WhichOneof("Type")
         if kind == "imageType":
             from workbench.runtime.spec import image_size

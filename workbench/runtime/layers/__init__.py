@@ -10,12 +10,15 @@ from . import (  # noqa: F401  (imported for their registrations)
     conv,
     control,
     elementwise,
+    indexing,
+    layout,
     linear,
     normalization,
     pooling,
     recurrent,
     reduce,
     resample,
+    sampling,
     tensor,
 )
 

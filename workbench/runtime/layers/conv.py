@@ -1,1 +1,321 @@
-"""(being written)"""
+"""Convolution and deconvolution, 2-D (``convolution``) and 3-D (``convolution3d``).
+
+One engine serves both: the spatial rank is the number of trailing axes the kernel slides over
+(2 or 3), everything before ``C`` is flattened into a batch axis. Convolution is im2col + one
+batched BLAS matmul (all groups in one call); 1x1 kernels skip im2col, depthwise kernels
+(one input channel per group) accumulate shifted products instead. Deconvolution is the
+transpose: one matmul to per-tap columns, then a strided scatter-add of each kernel tap
+straight into the cropped output window.
+
+The padding and output-size helpers here are shared with ``pooling``.
+"""
+import itertools
+import math
+
+import numpy as np
+
+from ...errors import LayerError, ModelFormatError
+from ._base import Kernel, kernel
+
+
+# ---------------------------------------------------------------- spatial helpers (shared)
+
+def same_padding(size, window, stride, top_left_heavy=False):
+    """Core ML's SAME rule: ``out = ceil(size / stride)``; return ``(out, before, after)``.
+
+    BOTTOM_RIGHT_HEAVY puts the odd padding unit after, TOP_LEFT_HEAVY before.
+    """
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + window - size)
+    return (out,) + split_padding(total, top_left_heavy)
+
+
+def split_padding(total, top_left_heavy=False):
+    small = total // 2
+    return (total - small, small) if top_left_heavy else (small, total - small)
+
+
+def valid_output(size, window, stride, before, after):
+    """Core ML's VALID rule (padding amounts already added): ``floor((in + pads - k) / s) + 1``."""
+    return (size + before + after - window) // stride + 1
+
+
+def pad_trailing(x, pads, value=0.0):
+    """Pad the trailing ``len(pads)`` axes by ``(before, after)`` pairs; no copy when all are zero."""
+    if not any(b or a for b, a in pads):
+        return x
+    width = [(0, 0)] * (x.ndim - len(pads)) + [(int(b), int(a)) for b, a in pads]
+    return np.pad(x, width, mode="constant", constant_values=value)
+
+
+def border_pairs(border_amounts, count=2):
+    """A BorderAmounts message as ``[(start, end), ...]``; missing entries are zero."""
+    pairs = [(int(e.startEdgeSize), int(e.endEdgeSize)) for e in border_amounts.borderAmounts]
+    return (pairs + [(0, 0)] * count)[:count]
+
+
+def tap_slices(offsets, dilations, strides, out_sizes):
+    """The input slices one kernel tap reads for every output position."""
+    return tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
+                 for o, d, s, n in zip(offsets, dilations, strides, out_sizes))
+
+
+def _repeated(values, count, default):
+    values = [int(v) for v in values]
+    return tuple(values) if len(values) == count else (default,) * count
+
+
+# ---------------------------------------------------------------- the engine
+
+def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_sizes):
+    """x: [N, C, *spatial]; wmat: [groups, C_out/groups, C/groups * prod(kernel)] -> [N, C_out, *out]."""
+    n, channels = x.shape[:2]
+    rank = len(kernel_sizes)
+    per_group = channels // groups
+    c_out = wmat.shape[0] * wmat.shape[1]
+    positions = math.prod(out_sizes)
+    xp = pad_trailing(x, pads)
+    if all(k == 1 for k in kernel_sizes):
+        taps = xp[(Ellipsis,) + tap_slices((0,) * rank, dilations, strides, out_sizes)]
+        cols = np.ascontiguousarray(taps).reshape(n, groups, per_group, positions)
+    else:
+        cols = np.empty((n, channels) + tuple(kernel_sizes) + tuple(out_sizes), np.float32)
+        for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
+            cols[(slice(None), slice(None)) + offsets] = \
+                xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
+        cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), positions)
+    return np.matmul(wmat, cols).reshape((n, c_out) + tuple(out_sizes))
+
+
+def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes):
+    """One input channel per group: x [N, C, *sp], wdw [C, mult, *kernel] -> [N, C*mult, *out]."""
+    n, channels = x.shape[:2]
+    mult, kernel_sizes = wdw.shape[1], wdw.shape[2:]
+    xp = pad_trailing(x, pads)
+    out = np.zeros((n, channels, mult) + tuple(out_sizes), np.float32)
+    term = np.empty_like(out)
+    expand = (slice(None), slice(None)) + (None,) * len(out_sizes)
+    for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
+        taps = xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
+        tap_weights = wdw[(slice(None), slice(None)) + offsets][expand]
+        np.multiply(taps[:, :, None], tap_weights, out=term)
+        out += term
+    return out.reshape((n, channels * mult) + tuple(out_sizes))
+
+
+def _scatter_range(offset, stride, n_in, before, n_out):
+    """Input indices of one tap that land inside the output window, as (in_slice, out_slice)."""
+    lo = max(0, -((offset - before) // stride))            # ceil((before - offset) / stride)
+    hi = min(n_in - 1, (n_out - 1 + before - offset) // stride)
+    if hi < lo:
+        return None
+    start = offset + lo * stride - before
+    return slice(lo, hi + 1), slice(start, start + (hi - lo) * stride + 1, stride)
+
+
+def conv_transpose(x, wmat_t, kernel_sizes, groups, strides, dilations, befores, out_sizes):
+    """x: [N, C, *sp]; wmat_t: [groups, C_out/groups * prod(kernel), C/groups] -> [N, C_out, *out].
+
+    Output position ``p`` of input ``i`` through tap ``o`` is ``i*stride + o*dilation - before``;
+    taps falling outside ``[0, out)`` are dropped (cropping), positions no tap reaches stay zero.
+    """
+    n, channels = x.shape[:2]
+    in_sizes = x.shape[2:]
+    per_group = channels // groups
+    c_out = wmat_t.shape[0] * wmat_t.shape[1] // math.prod(kernel_sizes)
+    cols = np.matmul(wmat_t, x.reshape(n, groups, per_group, math.prod(in_sizes)))
+    cols = cols.reshape((n, c_out) + tuple(kernel_sizes) + tuple(in_sizes))
+    out = np.zeros((n, c_out) + tuple(out_sizes), np.float32)
+    for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
+        ranges = [_scatter_range(o * d, s, ni, b, no) for o, d, s, ni, b, no
+                  in zip(offsets, dilations, strides, in_sizes, befores, out_sizes)]
+        if any(r is None for r in ranges):
+            continue
+        src = (slice(None), slice(None)) + offsets + tuple(r[0] for r in ranges)
+        out[(slice(None), slice(None)) + tuple(r[1] for r in ranges)] += cols[src]
+    return out
+
+
+# ---------------------------------------------------------------- kernels
+
+class _ConvolutionBase(Kernel):
+    """Shared planning and compute; subclasses read their parameter message into
+    ``rank, kernel_sizes, strides, dilations, groups, c_out, kernel_channels, deconv,
+    output_shape, padding`` where padding is ("fixed", [(b, a), ...]) or ("same", top_left_heavy)."""
+
+    def _plan_weights(self, weights, bias):
+        k = math.prod(self.kernel_sizes)
+        if self.deconv:
+            count = self.kernel_channels * (self.c_out // self.groups) * k
+        else:
+            count = self.c_out * self.kernel_channels * k
+        self.bias = None
+        if self.has_bias:
+            b = self.weights(bias, "bias", self.c_out)
+            self.bias = b.reshape((self.c_out,) + (1,) * self.rank)
+        self.dynamic_weights = len(self.layer.input) == 2
+        if not self.dynamic_weights:
+            self._set_weights(self.weights(weights, "weights", count))
+
+    def _check(self):
+        if self.groups < 1 or self.c_out % self.groups:
+            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': nGroups={self.groups} "
+                                   f"does not divide outputChannels={self.c_out}")
+        if self.deconv and self.kernel_channels % self.groups:
+            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': nGroups={self.groups} "
+                                   f"does not divide kernelChannels={self.kernel_channels}")
+
+    def _set_weights(self, flat):
+        """Lay weights out for the engine: grouped matmul matrices, or depthwise taps."""
+        g, ks = self.groups, tuple(self.kernel_sizes)
+        if self.deconv:
+            w = flat.reshape((self.kernel_channels, self.c_out // g) + ks)
+            cg = self.kernel_channels // g
+            w = w.reshape((g, cg, -1))                       # [g, C_in/g, C_out/g * K]
+            self.wmat = np.ascontiguousarray(w.transpose(0, 2, 1))
+            return
+        w = flat.reshape((self.c_out, self.kernel_channels) + ks)
+        self.depthwise = self.kernel_channels == 1 and g > 1
+        if self.depthwise:
+            self.wmat = np.ascontiguousarray(w.reshape((g, self.c_out // g) + ks))
+        else:
+            self.wmat = np.ascontiguousarray(w.reshape(g, self.c_out // g, -1))
+
+    def _error(self, message):
+        return LayerError(self.ctx.model_name, self.name, message)
+
+    def _forward_pads(self, in_sizes):
+        eff = [(k - 1) * d + 1 for k, d in zip(self.kernel_sizes, self.dilations)]
+        kind, how = self.padding
+        if kind == "same":
+            plans = [same_padding(n, e, s, how) for n, e, s in zip(in_sizes, eff, self.strides)]
+            return [(b, a) for _, b, a in plans], tuple(o for o, _, _ in plans)
+        outs = tuple(valid_output(n, e, s, b, a)
+                     for n, e, s, (b, a) in zip(in_sizes, eff, self.strides, how))
+        return how, outs
+
+    def _transpose_window(self, in_sizes):
+        """(before, out) per axis: where the deconvolution output window starts in the full result."""
+        befores, outs = [], []
+        for i, (n, k, s, d) in enumerate(zip(in_sizes, self.kernel_sizes, self.strides, self.dilations)):
+            full = (n - 1) * s + (k - 1) * d + 1
+            kind, how = self.padding
+            if self.output_shape:
+                out = self.output_shape[i]
+                before = how[i][0] if kind == "fixed" else split_padding(max(0, full - out), how)[0]
+            elif kind == "fixed":
+                before, out = how[i][0], full - how[i][0] - how[i][1]
+            else:
+                out = n * s
+                before = split_padding(max(0, full - out), how)[0]
+            befores.append(before)
+            outs.append(out)
+        return befores, tuple(outs)
+
+    def compute(self, *inputs):
+        x = inputs[0]
+        rank = self.rank
+        if x.ndim < rank + 1:
+            raise self._error(f"input of shape {x.shape} has rank {x.ndim}; "
+                              f"this layer needs [..., C, {', '.join('DHW'[3 - rank:])}]")
+        if self.dynamic_weights:
+            w = np.asarray(inputs[1], np.float32)
+            if w.size != self.c_out * self.kernel_channels * math.prod(self.kernel_sizes):
+                raise self._error(f"weight input of shape {w.shape} does not hold "
+                                  f"{self.c_out}x{self.kernel_channels}x"
+                                  f"{'x'.join(map(str, self.kernel_sizes))} weights")
+            self._set_weights(w.reshape(-1))
+        lead, channels, in_sizes = x.shape[:-rank - 1], x.shape[-rank - 1], x.shape[-rank:]
+        expected = self.kernel_channels if self.deconv else self.kernel_channels * self.groups
+        if channels != expected:
+            raise self._error(f"input has {channels} channels (axis {-rank - 1}), the weights expect "
+                              f"{expected} (kernelChannels={self.kernel_channels}, nGroups={self.groups})")
+        xb = np.ascontiguousarray(x.reshape((-1, channels) + tuple(in_sizes)), dtype=np.float32)
+        if self.deconv:
+            befores, outs = self._transpose_window(in_sizes)
+            self._check_sizes(outs, x.shape)
+            y = conv_transpose(xb, self.wmat, self.kernel_sizes, self.groups, self.strides,
+                               self.dilations, befores, outs)
+        else:
+            pads, outs = self._forward_pads(in_sizes)
+            self._check_sizes(outs, x.shape)
+            if self.depthwise:
+                y = depthwise_forward(xb, self.wmat, self.strides, self.dilations, pads, outs)
+            else:
+                y = conv_forward(xb, self.wmat, self.kernel_sizes, self.groups, self.strides,
+                                 self.dilations, pads, outs)
+        if self.bias is not None:
+            y += self.bias
+        return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
+
+    def _check_sizes(self, outs, shape):
+        if any(o < 1 for o in outs):
+            raise self._error(f"input of shape {shape} gives an empty output {outs}: "
+                              f"the kernel is larger than the (padded) input")
+
+
+@kernel("convolution")
+class Convolution(_ConvolutionBase):
+    """ConvolutionLayerParams: 2-D convolution / deconvolution over axes (-2, -1), channels -3."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.rank = 2
+        self.kernel_sizes = _repeated(p.kernelSize, 2, 3)
+        self.strides = _repeated(p.stride, 2, 1)
+        self.dilations = _repeated(p.dilationFactor, 2, 1)
+        self.groups = int(p.nGroups) or 1
+        self.c_out, self.kernel_channels = int(p.outputChannels), int(p.kernelChannels)
+        self.deconv = bool(p.isDeconvolution)
+        self.has_bias = bool(p.hasBias)
+        self.output_shape = tuple(int(v) for v in p.outputShape) if self.deconv and len(p.outputShape) else None
+        if p.WhichOneof("ConvolutionPaddingType") == "same":
+            top_left = p.same.asymmetryMode == p.same.TOP_LEFT_HEAVY
+            self.padding = ("same", top_left)
+        else:
+            self.padding = ("fixed", border_pairs(p.valid.paddingAmounts))
+        self.depthwise = False
+        self._check()
+        self._plan_weights(p.weights, p.bias)
+
+
+@kernel("convolution3d")
+class Convolution3D(_ConvolutionBase):
+    """Convolution3DLayerParams: 3-D convolution / deconvolution over axes (-3, -2, -1), channels -4.
+
+    Deconvolution weights are stored ``[C_in, C_out / nGroups, kD, kH, kW]`` (the layout
+    coremltools' builder writes, the same as 2-D deconvolution).
+    """
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        p = self.params
+        self.rank = 3
+        self.kernel_sizes = (int(p.kernelDepth), int(p.kernelHeight), int(p.kernelWidth))
+        self.strides = tuple(max(1, int(v)) for v in (p.strideDepth, p.strideHeight, p.strideWidth))
+        self.dilations = tuple(max(1, int(v)) for v in (p.dilationDepth, p.dilationHeight, p.dilationWidth))
+        self.groups = int(p.nGroups) or 1
+        self.c_out = int(p.outputChannels)
+        self.deconv = bool(p.isDeconvolution)
+        c_in = int(p.inputChannels)
+        self.kernel_channels = c_in if self.deconv else c_in // self.groups
+        if not self.deconv and c_in % self.groups:
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}': nGroups={self.groups} "
+                                   f"does not divide inputChannels={c_in}")
+        self.has_bias = bool(p.hasBias)
+        self.output_shape = tuple(int(v) for v in p.outputShape) if self.deconv and len(p.outputShape) else None
+        if p.paddingType == p.SAME:
+            self.padding = ("same", False)
+        elif p.paddingType == p.VALID:
+            self.padding = ("fixed", [(0, 0)] * 3)
+        else:
+            self.padding = ("fixed", [(int(p.customPaddingFront), int(p.customPaddingBack)),
+                                      (int(p.customPaddingTop), int(p.customPaddingBottom)),
+                                      (int(p.customPaddingLeft), int(p.customPaddingRight))])
+        if min(self.kernel_sizes) < 1:
+            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}': kernel size "
+                                   f"{self.kernel_sizes} must be positive")
+        self.depthwise = False
+        self._check()
+        self._plan_weights(p.weights, p.bias)

@@ -10,7 +10,7 @@ import numpy as np
 from ...errors import LayerError, ModelFormatError
 from ._base import Kernel, kernel
 
-# ScatterMode enum values (NeuralNetwork.proto): UPDATE ADD SUB MUL DIV MAX MIN.
+# ScatterMode (NeuralNetwork.proto): UPDATE (0) assigns; the others combine with these ufuncs.
 _SCATTER_UFUNCS = {1: np.add, 2: np.subtract, 3: np.multiply, 4: np.divide, 5: np.maximum, 6: np.minimum}
 
 
@@ -36,20 +36,26 @@ class _IndexingKernel(Kernel):
                             f"dimension of size {int(np.broadcast_to(size, bad.shape)[bad].flat[0])}")
         return idx
 
-    def scatter_into(self, target, where, values):
-        """Write ``values`` at ``where`` with the layer's ScatterMode; repeated indices accumulate."""
-        mode = int(self.params.mode)
-        if mode == 0:
-            target[where] = values
-        elif mode in _SCATTER_UFUNCS:
-            _SCATTER_UFUNCS[mode].at(target, where, values)
-        else:
-            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': unknown ScatterMode {mode}")
+    def scatter_into(self, out, coords, values):
+        """out[coords] op= values, element by element, with the layer's ScatterMode.
 
-    def updates(self, updates, shape):
+        ``coords`` addresses every axis of ``out`` (broadcastable int arrays). Repeated indices
+        accumulate in order, as the proto's loop does; UPDATE keeps the last write. Working on
+        flat element indices puts ufunc.at on numpy's fast 1-D path.
+        """
+        mode = int(self.params.mode)
+        if mode != 0 and mode not in _SCATTER_UFUNCS:
+            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': unknown ScatterMode {mode}")
+        flat = np.ravel_multi_index(np.broadcast_arrays(*coords), out.shape).ravel()
+        values = np.ravel(values)        # same C order as the broadcast coords
+        if mode == 0:
+            out.reshape(-1)[flat] = values
+        else:
+            _SCATTER_UFUNCS[mode].at(out.reshape(-1), flat, values)
+
+    def check_updates(self, updates, shape):
         if updates.shape != tuple(shape):
             raise self.fail(f"updates have shape {updates.shape}, expected {tuple(shape)}")
-        return updates
 
 
 @kernel("gather")
@@ -89,11 +95,13 @@ class Scatter(_IndexingKernel):
     def compute(self, container, indices, updates):
         out = np.array(container, dtype=np.float32)
         axis = self.axis(int(self.params.axis), out.ndim)
-        idx = self.indices(indices, out.shape[axis]).ravel()
-        lead, trail = out.shape[:axis], out.shape[axis + 1:]
-        updates = self.updates(updates, lead + indices.shape + trail)
-        slices = np.moveaxis(updates.reshape(lead + (idx.size,) + trail), axis, 0)
-        self.scatter_into(np.moveaxis(out, axis, 0), (idx,), slices)
+        size = out.shape[axis]
+        idx = self.indices(indices, size).ravel()
+        lead, trail = np.prod(out.shape[:axis], dtype=int), np.prod(out.shape[axis + 1:], dtype=int)
+        self.check_updates(updates, out.shape[:axis] + indices.shape + out.shape[axis + 1:])
+        # As (lead, axis, trail) blocks, updates (lead, n, trail) go to rows idx of the middle axis.
+        coords = (np.arange(lead)[:, None, None], idx[None, :, None], np.arange(trail)[None, None, :])
+        self.scatter_into(out.reshape(lead, size, trail), coords, updates)
         return out
 
 
@@ -107,8 +115,10 @@ class ScatterND(_IndexingKernel):
         if depth > out.ndim:
             raise self.fail(f"multi-indices of length {depth} for a rank-{out.ndim} container")
         idx = self.indices(indices, np.array(out.shape[:depth]))
-        updates = self.updates(updates, indices.shape[:-1] + out.shape[depth:])
-        self.scatter_into(out, tuple(np.moveaxis(idx, -1, 0)), updates)
+        self.check_updates(updates, indices.shape[:-1] + out.shape[depth:])
+        rows = np.ravel_multi_index(tuple(np.moveaxis(idx, -1, 0)), out.shape[:depth]).ravel()
+        trail = np.prod(out.shape[depth:], dtype=int)
+        self.scatter_into(out.reshape(-1, trail), (rows[:, None], np.arange(trail)[None, :]), updates)
         return out
 
 
@@ -119,10 +129,12 @@ class ScatterAlongAxis(_IndexingKernel):
     def compute(self, container, indices, updates):
         out = np.array(container, dtype=np.float32)
         axis = self.axis(int(self.params.axis), out.ndim)
-        updates = self.updates(updates, indices.shape)
+        self.check_updates(updates, indices.shape)
         where = list(np.indices(indices.shape, sparse=True))
         where[axis] = self.indices(indices, out.shape[axis])
-        self.scatter_into(out, tuple(where), updates)
+        if any(i.shape[d] > n for d, (i, n) in enumerate(zip(where, out.shape)) if d != axis):
+            raise self.fail(f"indices of shape {indices.shape} do not fit a container of shape {out.shape}")
+        self.scatter_into(out, where, updates)
         return out
 
 

@@ -2,8 +2,8 @@
 
 The classic layers (all but softmaxND and layerNormalization) put channels on axis -3 and
 treat every axis before it as batch, so one kernel serves rank-5 blobs ``[Seq, Batch, C, H, W]``
-and exact-rank blobs alike. Statistics are computed in float64 and the result cast back to
-float32, so large planes do not lose precision in the sums.
+and exact-rank blobs alike. Everything computes in float32, as Core ML does; statistics use
+two passes (mean, then the mean of squared deviations) so the variance never cancels.
 """
 import numpy as np
 
@@ -17,8 +17,8 @@ CHW_AXES = (-3, -2, -1)
 
 def _require_rank(layer, x, rank):
     if x.ndim < rank:
-        raise ValueError(f"layer '{layer.name}' ({layer.kind}) needs an input of rank >= {rank} "
-                         f"(channels on axis -3), got shape {x.shape}")
+        raise ValueError(f"layer '{layer.name}' ({layer.kind}) needs an input of rank >= {rank}, "
+                         f"got shape {x.shape}")
 
 
 def _require_channels(layer, x, channels):
@@ -28,13 +28,13 @@ def _require_channels(layer, x, channels):
 
 
 def _standardize(x, axes, eps, divide_by_std=True):
-    """(x - mean) / sqrt(var + eps) over ``axes``, population variance, in float64."""
-    x64 = x.astype(np.float64)
-    centered = x64 - x64.mean(axis=axes, keepdims=True)
+    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation)."""
+    centered = x - x.mean(axis=axes, keepdims=True)
     if not divide_by_std:
         return centered
     var = np.mean(np.square(centered), axis=axes, keepdims=True)
-    return centered / np.sqrt(var + eps)
+    centered *= 1.0 / np.sqrt(var + np.float32(eps))
+    return centered
 
 
 def _positive_or(value, default):
@@ -60,13 +60,14 @@ class BatchNorm(Kernel):
         self.eps = _positive_or(p.epsilon, 1e-5)
         self.compute_stats = bool(p.computeMeanVar)
         self.instance = bool(p.instanceNormalization)
-        gamma = self.weights(p.gamma, "gamma", self.channels).astype(np.float64)
-        beta = self.weights(p.beta, "beta", self.channels).astype(np.float64)
+        gamma = self.weights(p.gamma, "gamma", self.channels)
+        beta = self.weights(p.beta, "beta", self.channels)
         per_channel = (self.channels, 1, 1)
         if self.compute_stats:
             self.gamma = gamma.reshape(per_channel)
             self.beta = beta.reshape(per_channel)
         else:
+            # fold the fixed statistics into one scale and shift (in float64, then stored as float32)
             mean = self.weights(p.mean, "mean", self.channels).astype(np.float64)
             var = self.weights(p.variance, "variance", self.channels).astype(np.float64)
             scale = gamma / np.sqrt(var + self.eps)
@@ -82,8 +83,10 @@ class BatchNorm(Kernel):
             axes = SPATIAL_AXES
         else:
             axes = tuple(a for a in range(x.ndim) if a != x.ndim + CHANNEL_AXIS)
-        y = _standardize(x, axes, self.eps) * self.gamma + self.beta
-        return y.astype(np.float32)
+        y = _standardize(x, axes, self.eps)
+        y *= self.gamma
+        y += self.beta
+        return y
 
 
 @kernel("mvn")
@@ -103,7 +106,7 @@ class MeanVarianceNormalize(Kernel):
 
     def compute(self, x):
         _require_rank(self, x, len(self.axes))
-        return _standardize(x, self.axes, self.eps, self.normalize_variance).astype(np.float32)
+        return _standardize(x, self.axes, self.eps, self.normalize_variance)
 
 
 def _softmax(x, axis):
@@ -147,9 +150,8 @@ class L2Normalize(Kernel):
 
     def compute(self, x):
         _require_rank(self, x, 3)
-        x64 = x.astype(np.float64)
-        norm = np.sqrt(np.sum(np.square(x64), axis=CHW_AXES, keepdims=True) + self.eps)
-        return (x64 / norm).astype(np.float32)
+        sum_squares = np.sum(np.square(x), axis=CHW_AXES, keepdims=True)
+        return x * (1.0 / np.sqrt(sum_squares + np.float32(self.eps)))
 
 
 @kernel("lrn")
@@ -174,7 +176,8 @@ class LocalResponseNorm(Kernel):
 
     def compute(self, x):
         _require_rank(self, x, 3)
-        squares = np.square(x.astype(np.float64))
+        # float64 running sums: a window sum is a difference of two of them, which would cancel
+        squares = np.square(x, dtype=np.float64)
         pad_width = [(0, 0)] * x.ndim
         pad_width[x.ndim + CHANNEL_AXIS] = self.pad
         padded = np.pad(squares, pad_width)
@@ -182,8 +185,9 @@ class LocalResponseNorm(Kernel):
         cum = np.cumsum(padded, axis=CHANNEL_AXIS)
         cum = np.concatenate([np.zeros_like(cum[..., :1, :, :]), cum], axis=CHANNEL_AXIS)
         window = cum[..., self.size:, :, :] - cum[..., :-self.size, :, :]
-        denom = np.power(self.k + (self.alpha / self.size) * window, self.beta)
-        return (x / denom).astype(np.float32)
+        factor = np.power(self.k + (self.alpha / self.size) * window, -self.beta).astype(np.float32)
+        factor *= x
+        return factor
 
 
 @kernel("layerNormalization")
@@ -207,8 +211,8 @@ class LayerNormalization(Kernel):
     def _affine(self, p, what, count, default):
         """gamma/beta shaped like normalizedShape; an absent one is the identity."""
         if not p.HasField(what) or self._is_empty(getattr(p, what)):
-            return np.full(self.normalized_shape, default)
-        return self.weights(getattr(p, what), what, count).astype(np.float64).reshape(self.normalized_shape)
+            return np.full(self.normalized_shape, default, dtype=np.float32)
+        return self.weights(getattr(p, what), what, count).reshape(self.normalized_shape)
 
     @staticmethod
     def _is_empty(w):
@@ -219,5 +223,7 @@ class LayerNormalization(Kernel):
             raise ValueError(f"layer '{self.name}' (layerNormalization): normalizedShape "
                              f"{list(self.normalized_shape)} does not match the trailing axes of "
                              f"the input shape {x.shape}")
-        y = _standardize(x, self.axes, self.eps) * self.gamma + self.beta
-        return y.astype(np.float32)
+        y = _standardize(x, self.axes, self.eps)
+        y *= self.gamma
+        y += self.beta
+        return y

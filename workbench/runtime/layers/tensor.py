@@ -1,10 +1,13 @@
-"""Classic (spec 1-3) shape layers: reshape, flatten, permute, concat, split, slice,
-sequenceRepeat, loadConstant.
+"""Shape layers, part 1: the classic (spec 1-3) ones and the N-D reshapes.
 
-These layers were written for Core ML's rank-5 blobs ``[Seq, Batch, C, H, W]``. They address
-their axes from the end (C = -3, H = -2, W = -1, Seq = -5), so the same code serves rank-5
-models and exact-rank models, where the proto says the layer works on the trailing axes of an
-N-D tensor. The N-D (spec 4+) shape layers live in ``layout.py``.
+Classic: reshape, flatten, permute, concat, split, slice, sequenceRepeat, loadConstant. They
+were written for Core ML's rank-5 blobs ``[Seq, Batch, C, H, W]`` and address their axes from
+the end (C = -3, H = -2, W = -1, Seq = -5), so the same code serves rank-5 models and
+exact-rank models, where the proto says the layer works on the trailing axes of an N-D tensor.
+
+N-D (spec 4+): transpose, squeeze, expandDims, reshapeStatic/Like/Dynamic,
+rankPreservingReshape, flattenTo2D, loadConstantND, getShape. The N-D layers that select, join
+or replicate data live in ``layout.py``.
 """
 import numpy as np
 
@@ -29,6 +32,11 @@ def pad_rank(x, rank):
     if x.ndim >= rank:
         return x
     return x.reshape((1,) * (rank - x.ndim) + x.shape)
+
+
+def as_ints(blob):
+    """A float blob carrying indices or a shape, as a tuple of Python ints."""
+    return tuple(int(v) for v in np.rint(np.asarray(blob, dtype=np.float64).reshape(-1)))
 
 
 def infer_minus_one(target, size, fail):
@@ -206,7 +214,8 @@ class ClassicSlice(ShapeKernel):
 
 @kernel("sequenceRepeat")
 class SequenceRepeat(ShapeKernel):
-    """Repeat the whole blob nRepetitions times along Seq (axis -5)."""
+    """Repeat the whole blob nRepetitions times along Seq (axis -5); a blob of rank < 5 is first
+    seen with unit leading axes, so its output is rank 5."""
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -234,3 +243,144 @@ class LoadConstant(ShapeKernel):
 
     def compute(self):
         return self.value
+
+
+# ---------------------------------------------------------------- N-D: permutations and unit axes
+
+@kernel("transpose")
+class Transpose(ShapeKernel):
+    """Output axis i is input axis axes[i]."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.axes = tuple(int(a) for a in self.params.axes)
+        if sorted(self.axes) != list(range(len(self.axes))):
+            raise self.bad_params(f"axes {list(self.axes)} is not a permutation of 0..{len(self.axes) - 1}")
+
+    def compute(self, x):
+        if len(self.axes) != x.ndim:
+            raise self.bad_input(f"axes {list(self.axes)} does not match input rank {x.ndim}")
+        return np.ascontiguousarray(x.transpose(self.axes))
+
+
+@kernel("squeeze")
+class Squeeze(ShapeKernel):
+    """Drop the listed unit axes (or all of them); a tensor never drops below rank 1."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.all = bool(self.params.squeezeAll) or not len(self.params.axes)
+        self.axes = tuple(int(a) for a in self.params.axes)
+
+    def compute(self, x):
+        if self.all:
+            shape = tuple(d for d in x.shape if d != 1)
+        else:
+            drop = {a % x.ndim for a in self.axes if -x.ndim <= a < x.ndim}
+            if len(drop) != len(self.axes) or any(x.shape[a] != 1 for a in drop):
+                raise self.bad_input(f"cannot squeeze axes {list(self.axes)} of shape {x.shape}")
+            shape = tuple(d for i, d in enumerate(x.shape) if i not in drop)
+        return x.reshape(shape or (1,))
+
+
+@kernel("expandDims")
+class ExpandDims(ShapeKernel):
+    """Insert unit axes; the axes index the output (negative ones from its end)."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.axes = tuple(int(a) for a in self.params.axes)
+
+    def compute(self, x):
+        rank = x.ndim + len(self.axes)
+        new = {a % rank for a in self.axes if -rank <= a < rank}
+        if len(new) != len(self.axes):
+            raise self.bad_input(f"axes {list(self.axes)} are out of range or repeated for output rank {rank}")
+        dims = iter(x.shape)
+        return x.reshape(tuple(1 if i in new else next(dims) for i in range(rank)))
+
+
+# ---------------------------------------------------------------- N-D: reshapes
+
+@kernel("reshapeStatic")
+class ReshapeStatic(ShapeKernel):
+    """Row-major reshape to targetShape (one -1 may be inferred)."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.target = tuple(int(d) for d in self.params.targetShape) or (1,)
+
+    def compute(self, x):
+        return x.reshape(infer_minus_one(self.target, x.size, self.bad_input))
+
+
+@kernel("reshapeLike")
+class ReshapeLike(ShapeKernel):
+    """Row-major reshape to the shape of the second input (its values are ignored)."""
+
+    def compute(self, x, like):
+        return x.reshape(infer_minus_one(like.shape, x.size, self.bad_input))
+
+
+@kernel("reshapeDynamic")
+class ReshapeDynamic(ShapeKernel):
+    """Row-major reshape to the shape held in the second input (one -1 may be inferred)."""
+
+    def compute(self, x, shape):
+        return x.reshape(infer_minus_one(as_ints(shape), x.size, self.bad_input))
+
+
+@kernel("rankPreservingReshape")
+class RankPreservingReshape(ShapeKernel):
+    """Reshape to the same rank: 0 copies the input's dimension, one -1 is inferred."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.target = tuple(int(d) for d in self.params.targetShape)
+
+    def compute(self, x):
+        if len(self.target) != x.ndim:
+            raise self.bad_input(f"targetShape {list(self.target)} does not have the input rank {x.ndim}")
+        target = tuple(x.shape[i] if d == 0 else d for i, d in enumerate(self.target))
+        return x.reshape(infer_minus_one(target, x.size, self.bad_input))
+
+
+@kernel("flattenTo2D")
+class FlattenTo2D(ShapeKernel):
+    """[prod(shape[:axis]), prod(shape[axis:])]; axis may equal the rank, or be negative."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.axis = int(self.params.axis)
+
+    def compute(self, x):
+        axis = self.axis + x.ndim if self.axis < 0 else self.axis
+        if not 0 <= axis <= x.ndim:
+            raise self.bad_input(f"axis {self.axis} is out of range for rank {x.ndim}")
+        rows = int(np.prod(x.shape[:axis], dtype=np.int64))
+        return x.reshape(rows, x.size // rows if rows else 0)
+
+
+# ---------------------------------------------------------------- N-D: constants and shapes
+
+@kernel("loadConstantND")
+class LoadConstantND(ShapeKernel):
+    """A constant of any rank, decoded and shaped once at load."""
+
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        shape = tuple(int(d) for d in self.params.shape) or (1,)
+        count = int(np.prod(shape, dtype=np.int64))
+        self.value = self.weights(self.params.data, "data", count).reshape(shape)
+        self.value.flags.writeable = False
+
+    def compute(self):
+        return self.value
+
+
+@kernel("getShape")
+class GetShape(ShapeKernel):
+    """The input's shape as a rank-1 float tensor."""
+
+    def compute(self, x):
+        return np.asarray(x.shape, dtype=np.float32)

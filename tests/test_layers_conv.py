@@ -1,0 +1,376 @@
+"""convolution and convolution3d kernels against torch.nn.functional, through wb.load(...).predict.
+
+Padding amounts for SAME come from NeuralNetwork.proto's SamePadding formulas (written out here);
+where torch has the same rule built in (padding="same" at stride 1, ConvTranspose output_padding)
+it is used instead.
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from coremltools.models import datatypes
+from coremltools.models.neural_network import NeuralNetworkBuilder
+
+import workbench as wb
+
+RTOL, ATOL = 1e-5, 1e-4
+
+
+def rng(seed=0):
+    return np.random.default_rng(seed)
+
+
+def builder(shapes, exact_rank):
+    inputs = [(name, datatypes.Array(*shape)) for name, shape in shapes.items()]
+    return NeuralNetworkBuilder(inputs, [("out", None)], disable_rank5_shape_mapping=exact_rank)
+
+
+def predict(b, **inputs):
+    return wb.load(b.spec).predict(inputs)["out"]
+
+
+def same_pads(size, kernel, stride, top_left_heavy):
+    """SamePadding from the proto: out = ceil(in / s), total = max(0, (out-1)*s + k - in)."""
+    out = -(-size // stride)
+    total = max(0, (out - 1) * stride + kernel - size)
+    small = total // 2
+    return (total - small, small) if top_left_heavy else (small, total - small)
+
+
+def t(a):
+    return torch.from_numpy(np.ascontiguousarray(a))
+
+
+def check(actual, expected):
+    assert actual.shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=RTOL, atol=ATOL)
+
+
+def add_conv(b, w, *, groups=1, stride=(1, 1), dilation=(1, 1), bias=None, border="valid",
+             pads=(0, 0, 0, 0), asym="BOTTOM_RIGHT_HEAVY", inputs="data"):
+    """w in torch layout [C_out, C_in/groups, kH, kW]; the builder takes [kH, kW, C_in/groups, C_out]."""
+    c_out, kc, kh, kw = w.shape
+    b.add_convolution(
+        name="conv", kernel_channels=kc, output_channels=c_out, height=kh, width=kw,
+        stride_height=stride[0], stride_width=stride[1], border_mode=border, groups=groups,
+        W=None if w is None or not isinstance(inputs, str) else w.transpose(2, 3, 1, 0),
+        b=bias, has_bias=bias is not None, input_name=inputs, output_name="out",
+        dilation_factors=list(dilation), padding_top=pads[0], padding_bottom=pads[1],
+        padding_left=pads[2], padding_right=pads[3], same_padding_asymmetry_mode=asym)
+
+
+def add_deconv(b, w, *, groups=1, stride=(1, 1), dilation=(1, 1), bias=None, border="valid",
+               pads=(0, 0, 0, 0), asym="BOTTOM_RIGHT_HEAVY", output_shape=None):
+    """w in torch layout [C_in, C_out/groups, kH, kW]; the builder takes [kH, kW, C_in, C_out/groups]."""
+    c_in, og, kh, kw = w.shape
+    b.add_convolution(
+        name="deconv", kernel_channels=c_in, output_channels=og * groups, height=kh, width=kw,
+        stride_height=stride[0], stride_width=stride[1], border_mode=border, groups=groups,
+        W=w.transpose(2, 3, 0, 1), b=bias, has_bias=bias is not None, is_deconv=True,
+        output_shape=output_shape, input_name="data", output_name="out",
+        dilation_factors=list(dilation), padding_top=pads[0], padding_bottom=pads[1],
+        padding_left=pads[2], padding_right=pads[3], same_padding_asymmetry_mode=asym)
+
+
+# ---------------------------------------------------------------- 2-D convolution
+
+CONV_CASES = [
+    # (C_in, C_out, groups, kernel, stride, dilation, pads t,b,l,r)
+    (4, 6, 1, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0)),
+    (4, 6, 1, (3, 2), (2, 1), (1, 1), (1, 2, 0, 3)),
+    (4, 6, 2, (3, 3), (1, 2), (2, 1), (1, 1, 1, 1)),
+    (6, 9, 3, (2, 2), (2, 2), (1, 2), (0, 1, 1, 0)),
+    (4, 8, 4, (3, 3), (1, 1), (1, 1), (1, 1, 1, 1)),      # depthwise, channel multiplier 2
+    (4, 4, 4, (3, 2), (2, 2), (2, 1), (2, 0, 0, 1)),      # depthwise, strided, dilated
+    (4, 6, 1, (1, 1), (1, 1), (1, 1), (0, 0, 0, 0)),      # 1x1
+    (4, 6, 2, (1, 1), (2, 3), (1, 1), (0, 0, 0, 0)),      # 1x1 strided, grouped
+    (4, 6, 1, (1, 1), (1, 1), (1, 1), (1, 0, 2, 1)),      # 1x1 with padding
+]
+
+
+@pytest.mark.parametrize("exact_rank", [False, True])
+@pytest.mark.parametrize("case", CONV_CASES)
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_convolution_valid_padding(case, exact_rank, with_bias):
+    c_in, c_out, groups, k, stride, dil, pads = case
+    r = rng(1)
+    w = r.standard_normal((c_out, c_in // groups) + k).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32) if with_bias else None
+    shape = (2, c_in, 9, 10) if exact_rank else (c_in, 9, 10)
+    x = r.standard_normal(shape).astype(np.float32)
+    b = builder({"data": shape}, exact_rank)
+    add_conv(b, w, groups=groups, stride=stride, dilation=dil, bias=bias, pads=pads)
+    xt = F.pad(t(x if exact_rank else x[None]), (pads[2], pads[3], pads[0], pads[1]))
+    ref = F.conv2d(xt, t(w), None if bias is None else t(bias), stride=stride, dilation=dil,
+                   groups=groups).numpy()
+    check(predict(b, data=x), ref if exact_rank else ref[0])
+
+
+@pytest.mark.parametrize("asym", ["BOTTOM_RIGHT_HEAVY", "TOP_LEFT_HEAVY"])
+@pytest.mark.parametrize("k, stride, dil, groups", [
+    ((3, 3), (2, 2), (1, 1), 1), ((4, 2), (1, 3), (1, 1), 2), ((3, 3), (2, 1), (2, 2), 1),
+    ((2, 2), (3, 3), (1, 1), 4), ((5, 1), (1, 1), (1, 1), 1)])
+@pytest.mark.parametrize("exact_rank", [False, True])
+def test_convolution_same_padding(k, stride, dil, groups, asym, exact_rank):
+    r = rng(2)
+    c_in, c_out = 4, 8
+    w = r.standard_normal((c_out, c_in // groups) + k).astype(np.float32)
+    shape = (1, c_in, 11, 8) if exact_rank else (c_in, 11, 8)
+    x = r.standard_normal(shape).astype(np.float32)
+    b = builder({"data": shape}, exact_rank)
+    add_conv(b, w, groups=groups, stride=stride, dilation=dil, border="same", asym=asym)
+    top_left = asym == "TOP_LEFT_HEAVY"
+    eff = [(kk - 1) * d + 1 for kk, d in zip(k, dil)]
+    ph = same_pads(11, eff[0], stride[0], top_left)
+    pw = same_pads(8, eff[1], stride[1], top_left)
+    xt = F.pad(t(x.reshape(1, c_in, 11, 8)), pw + ph)
+    ref = F.conv2d(xt, t(w), stride=stride, dilation=dil, groups=groups).numpy()
+    assert ref.shape[-2:] == (-(-11 // stride[0]), -(-8 // stride[1]))
+    check(predict(b, data=x), ref.reshape((c_out,) + ref.shape[2:]) if not exact_rank else ref)
+
+
+@pytest.mark.parametrize("k", [(3, 3), (2, 4), (5, 2)])
+def test_convolution_same_padding_matches_torch_same_at_stride_1(k):
+    """torch's padding='same' (extra unit at the end) is Core ML's BOTTOM_RIGHT_HEAVY."""
+    r = rng(3)
+    w = r.standard_normal((5, 3) + k).astype(np.float32)
+    x = r.standard_normal((2, 3, 7, 9)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv(b, w, border="same")
+    check(predict(b, data=x), F.conv2d(t(x), t(w), padding="same").numpy())
+
+
+def test_convolution_flattens_leading_axes():
+    """Exact-rank inputs of rank > 4: every axis before C is batch."""
+    r = rng(4)
+    w = r.standard_normal((6, 2, 3, 3)).astype(np.float32)
+    x = r.standard_normal((2, 3, 4, 7, 6)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv(b, w, groups=2, pads=(1, 1, 1, 1))
+    ref = F.conv2d(t(x.reshape(6, 4, 7, 6)), t(w), padding=1, groups=2).numpy()
+    check(predict(b, data=x), ref.reshape(2, 3, 6, 7, 6))
+
+
+def test_convolution_rank5_sequence_and_batch():
+    """Rank-5 models: [Seq, Batch, C, H, W] blobs, Seq and Batch both batch the convolution."""
+    r = rng(5)
+    w = r.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    x = r.standard_normal((4, 6, 6)).astype(np.float32)
+    b = builder({"data": x.shape}, False)
+    add_conv(b, w, bias=np.arange(3, dtype=np.float32))
+    ref = F.conv2d(t(x[None]), t(w), t(np.arange(3, dtype=np.float32))).numpy()[0]
+    check(predict(b, data=x), ref)
+
+
+@pytest.mark.parametrize("stride, dil, border, pads", [
+    ((1, 1), (1, 1), "valid", (0, 0, 0, 0)), ((2, 1), (1, 2), "valid", (1, 0, 0, 2)),
+    ((2, 2), (1, 1), "same", (0, 0, 0, 0))])
+def test_convolution_weights_as_second_input(stride, dil, border, pads):
+    """Spec 4+: the weights blob [C_out, kernelChannels, kH, kW] is the second input."""
+    r = rng(6)
+    x = r.standard_normal((1, 4, 9, 8)).astype(np.float32)
+    w = r.standard_normal((5, 4, 3, 2)).astype(np.float32)
+    b = builder({"data": x.shape, "w": w.shape}, True)
+    add_conv(b, w, stride=stride, dilation=dil, border=border, pads=pads, inputs=["data", "w"])
+    assert len(b.spec.neuralNetwork.layers[0].convolution.weights.floatValue) == 0
+    if border == "same":
+        eff = [(kk - 1) * d + 1 for kk, d in zip(w.shape[2:], dil)]
+        ph, pw = same_pads(9, eff[0], stride[0], False), same_pads(8, eff[1], stride[1], False)
+        pads = ph + pw
+    xt = F.pad(t(x), (pads[2], pads[3], pads[0], pads[1]))
+    ref = F.conv2d(xt, t(w), stride=stride, dilation=dil).numpy()
+    check(predict(b, data=x, w=w), ref)
+
+
+def test_convolution_wrong_weight_count_is_a_format_error():
+    r = rng(7)
+    b = builder({"data": (1, 4, 6, 6)}, True)
+    add_conv(b, r.standard_normal((6, 4, 3, 3)).astype(np.float32))
+    del b.spec.neuralNetwork.layers[0].convolution.weights.floatValue[-1]
+    with pytest.raises(wb.ModelFormatError, match="conv"):
+        wb.load(b.spec)
+
+
+def test_convolution_wrong_input_channels_names_the_layer():
+    b = builder({"data": (1, 3, 6, 6)}, True)
+    add_conv(b, np.ones((6, 4, 3, 3), np.float32))
+    with pytest.raises(wb.WorkbenchError, match="conv.*channels"):
+        wb.load(b.spec).predict({"data": np.ones((1, 3, 6, 6), np.float32)})
+
+
+# ---------------------------------------------------------------- 2-D deconvolution
+
+DECONV_CASES = [
+    # (C_in, C_out, groups, kernel, stride, dilation, pads t,b,l,r)
+    (4, 6, 1, (3, 3), (1, 1), (1, 1), (0, 0, 0, 0)),
+    (4, 6, 1, (3, 2), (2, 3), (1, 1), (1, 1, 0, 1)),
+    (4, 6, 2, (3, 3), (2, 2), (1, 1), (2, 3, 2, 3)),
+    (6, 3, 3, (2, 3), (3, 1), (2, 1), (0, 1, 1, 0)),      # grouped, dilated
+    (4, 4, 4, (4, 4), (2, 2), (1, 1), (1, 1, 1, 1)),      # depthwise transpose
+]
+
+
+@pytest.mark.parametrize("exact_rank", [False, True])
+@pytest.mark.parametrize("case", DECONV_CASES)
+def test_deconvolution_valid_padding(case, exact_rank):
+    """H_out = (H_in - 1) * stride + kernel - (top + bottom): the full transposed convolution,
+    cropped by the padding amounts."""
+    c_in, c_out, groups, k, stride, dil, pads = case
+    r = rng(8)
+    w = r.standard_normal((c_in, c_out // groups) + k).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32)
+    shape = (2, c_in, 5, 6) if exact_rank else (c_in, 5, 6)
+    x = r.standard_normal(shape).astype(np.float32)
+    b = builder({"data": shape}, exact_rank)
+    add_deconv(b, w, groups=groups, stride=stride, dilation=dil, bias=bias, pads=pads)
+    full = F.conv_transpose2d(t(x.reshape((-1, c_in, 5, 6))), t(w), t(bias), stride=stride,
+                              dilation=dil, groups=groups).numpy()
+    ref = full[:, :, pads[0]:full.shape[2] - pads[1], pads[2]:full.shape[3] - pads[3]]
+    check(predict(b, data=x), ref if exact_rank else ref[0])
+
+
+@pytest.mark.parametrize("asym", ["BOTTOM_RIGHT_HEAVY", "TOP_LEFT_HEAVY"])
+@pytest.mark.parametrize("k, stride, groups", [((3, 3), (2, 2), 1), ((4, 3), (2, 1), 2),
+                                               ((2, 2), (2, 2), 1), ((1, 2), (3, 3), 1)])
+def test_deconvolution_same_padding(k, stride, groups, asym):
+    """SAME deconvolution: H_out = H_in * stride, the full result cropped by k - s split per
+    asymmetry mode (zero-extended when the kernel is shorter than the stride)."""
+    r = rng(9)
+    c_in, c_out = 4, 6
+    w = r.standard_normal((c_in, c_out // groups) + k).astype(np.float32)
+    x = r.standard_normal((1, c_in, 5, 4)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_deconv(b, w, groups=groups, stride=stride, border="same", asym=asym)
+    full = F.conv_transpose2d(t(x), t(w), stride=stride, groups=groups).numpy()
+    ref = np.zeros((1, c_out, 5 * stride[0], 4 * stride[1]), np.float32)
+    starts = []
+    for axis, (n, s) in enumerate(zip((5, 4), stride)):
+        total = max(0, full.shape[2 + axis] - n * s)
+        small = total // 2
+        starts.append(total - small if asym == "TOP_LEFT_HEAVY" else small)
+    window = full[:, :, starts[0]:starts[0] + ref.shape[2], starts[1]:starts[1] + ref.shape[3]]
+    ref[:, :, :window.shape[2], :window.shape[3]] = window
+    check(predict(b, data=x), ref)
+
+
+@pytest.mark.parametrize("k, stride, dil, padding, output_padding, groups", [
+    ((3, 3), (2, 2), (1, 1), (1, 1), (1, 1), 1),
+    ((4, 3), (3, 2), (1, 1), (1, 0), (2, 1), 2),
+    ((3, 3), (2, 2), (2, 1), (2, 1), (0, 1), 1),
+    ((2, 2), (2, 2), (1, 1), (0, 0), (1, 0), 1)])
+def test_deconvolution_output_shape_is_torch_output_padding(k, stride, dil, padding, output_padding, groups):
+    """outputShape with valid paddingAmounts: crop `top` at the start, take outputShape rows
+    (how coremltools converts ConvTranspose2d(padding, output_padding))."""
+    r = rng(10)
+    c_in, c_out = 4, 6
+    w = r.standard_normal((c_in, c_out // groups) + k).astype(np.float32)
+    x = r.standard_normal((1, c_in, 5, 6)).astype(np.float32)
+    ref = F.conv_transpose2d(t(x), t(w), stride=stride, padding=padding, output_padding=output_padding,
+                             groups=groups, dilation=dil).numpy()
+    b = builder({"data": x.shape}, True)
+    add_deconv(b, w, groups=groups, stride=stride, dilation=dil,
+               pads=(padding[0], padding[0], padding[1], padding[1]), output_shape=ref.shape[2:])
+    check(predict(b, data=x), ref)
+
+
+@pytest.mark.parametrize("asym", ["BOTTOM_RIGHT_HEAVY", "TOP_LEFT_HEAVY"])
+def test_deconvolution_output_shape_with_same_padding(asym):
+    """outputShape with SAME: the crop is the SAME split of (full - outputShape)."""
+    r = rng(11)
+    w = r.standard_normal((3, 2, 3, 4)).astype(np.float32)
+    x = r.standard_normal((3, 4, 5)).astype(np.float32)
+    out_hw = (8, 11)
+    b = builder({"data": x.shape}, False)
+    add_deconv(b, w, stride=(2, 2), border="same", asym=asym, output_shape=out_hw)
+    full = F.conv_transpose2d(t(x[None]), t(w), stride=2).numpy()[0]     # (2, 9, 12)
+    starts = []
+    for axis in (0, 1):
+        total = full.shape[1 + axis] - out_hw[axis]
+        starts.append(total - total // 2 if asym == "TOP_LEFT_HEAVY" else total // 2)
+    check(predict(b, data=x), full[:, starts[0]:starts[0] + 8, starts[1]:starts[1] + 11])
+
+
+# ---------------------------------------------------------------- 3-D
+
+def add_conv3d(b, w, *, deconv=False, groups=1, stride=(1, 1, 1), dilation=(1, 1, 1), bias=None,
+               padding="valid", pads=(0,) * 6, output_shape=None):
+    """w in torch layout; the builder takes conv [C_out, C_in/g, ...] and deconv [C_out/g, C_in, ...]."""
+    if deconv:
+        c_in, og = w.shape[:2]
+        c_out, builder_w = og * groups, w.transpose(1, 0, 2, 3, 4)
+    else:
+        c_out, c_in, builder_w = w.shape[0], w.shape[1] * groups, w
+    b.add_convolution3d(
+        name="conv3d", input_channels=c_in, output_channels=c_out, depth=w.shape[2],
+        height=w.shape[3], width=w.shape[4], W=builder_w, b=bias, has_bias=bias is not None,
+        groups=groups, stride_depth=stride[0], stride_height=stride[1], stride_width=stride[2],
+        dilation_depth=dilation[0], dilation_height=dilation[1], dilation_width=dilation[2],
+        is_deconv=deconv, output_shape=output_shape, padding_mode=padding,
+        padding_front=pads[0], padding_back=pads[1], padding_top=pads[2], padding_bottom=pads[3],
+        padding_left=pads[4], padding_right=pads[5], input_name="data", output_name="out")
+
+
+@pytest.mark.parametrize("padding, pads, k, stride, dil, groups", [
+    ("valid", (0,) * 6, (2, 3, 3), (1, 1, 1), (1, 1, 1), 1),
+    ("custom", (1, 0, 2, 1, 0, 3), (3, 2, 3), (2, 1, 2), (1, 2, 1), 2),
+    ("same", (0,) * 6, (3, 3, 2), (2, 2, 3), (1, 1, 1), 1),
+    ("same", (0,) * 6, (2, 3, 3), (1, 2, 1), (2, 1, 1), 4),              # depthwise
+    ("custom", (1, 1, 1, 1, 1, 1), (1, 1, 1), (1, 2, 1), (1, 1, 1), 1)])  # 1x1x1
+def test_convolution3d(padding, pads, k, stride, dil, groups):
+    r = rng(12)
+    c_in, c_out = 4, 8
+    w = r.standard_normal((c_out, c_in // groups) + k).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32)
+    x = r.standard_normal((2, c_in, 6, 7, 5)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv3d(b, w, groups=groups, stride=stride, dilation=dil, bias=bias, padding=padding, pads=pads)
+    if padding == "same":
+        eff = [(kk - 1) * d + 1 for kk, d in zip(k, dil)]
+        pads = sum((same_pads(n, e, s, False) for n, e, s in zip(x.shape[2:], eff, stride)), ())
+    xt = F.pad(t(x), (pads[4], pads[5], pads[2], pads[3], pads[0], pads[1]))
+    ref = F.conv3d(xt, t(w), t(bias), stride=stride, dilation=dil, groups=groups).numpy()
+    check(predict(b, data=x), ref)
+
+
+def test_convolution3d_same_padding_proto_example():
+    """The proto's example: [1, 3, 3, 8, 8], stride 2, kernel 3, SAME -> [1, 2, 2, 4, 4]."""
+    w = rng(13).standard_normal((2, 3, 3, 3, 3)).astype(np.float32)
+    x = rng(14).standard_normal((1, 3, 3, 8, 8)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv3d(b, w, stride=(2, 2, 2), padding="same")
+    # front/back 1/1, top/bottom 0/1, left/right 0/1, as the proto spells out
+    ref = F.conv3d(F.pad(t(x), (0, 1, 0, 1, 1, 1)), t(w), stride=2).numpy()
+    assert ref.shape == (1, 2, 2, 4, 4)
+    check(predict(b, data=x), ref)
+
+
+@pytest.mark.parametrize("padding, torch_pad, k, stride, dil, groups, output_padding", [
+    ("valid", (0, 0, 0), (2, 3, 3), (1, 2, 1), (1, 1, 1), 1, None),
+    ("custom", (1, 2, 1), (3, 3, 4), (2, 2, 2), (1, 1, 1), 2, None),
+    ("custom", (1, 0, 1), (3, 2, 2), (2, 1, 2), (2, 1, 1), 1, (1, 0, 1)),   # with outputShape
+    ("custom", (2, 2, 2), (2, 2, 2), (2, 1, 1), (2, 1, 1), 2, (0, 0, 0))])  # coremltools' own config
+def test_deconvolution3d(padding, torch_pad, k, stride, dil, groups, output_padding):
+    r = rng(15)
+    c_in, c_out = 4, 6
+    w = r.standard_normal((c_in, c_out // groups) + k).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32)
+    x = r.standard_normal((1, c_in, 5, 6, 5)).astype(np.float32)
+    ref = F.conv_transpose3d(t(x), t(w), t(bias), stride=stride, padding=torch_pad, dilation=dil,
+                             groups=groups, output_padding=output_padding or 0).numpy()
+    b = builder({"data": x.shape}, True)
+    add_conv3d(b, w, deconv=True, groups=groups, stride=stride, dilation=dil, bias=bias,
+               padding=padding, pads=sum(((p, p) for p in torch_pad), ()),
+               output_shape=ref.shape[2:] if output_padding else None)
+    check(predict(b, data=x), ref)
+
+
+def test_deconvolution3d_same_padding():
+    r = rng(16)
+    w = r.standard_normal((2, 3, 3, 4, 2)).astype(np.float32)
+    x = r.standard_normal((1, 2, 3, 4, 3)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv3d(b, w, deconv=True, stride=(2, 2, 2), padding="same")
+    full = F.conv_transpose3d(t(x), t(w), stride=2).numpy()           # (1, 3, 7, 10, 6)
+    starts = [(full.shape[2 + i] - n * 2) // 2 for i, n in enumerate(x.shape[2:])]
+    ref = full[:, :, starts[0]:starts[0] + 6, starts[1]:starts[1] + 8, starts[2]:starts[2] + 6]
+    check(predict(b, data=x), ref)
