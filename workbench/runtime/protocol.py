@@ -126,15 +126,15 @@ class LayerGuard:
                 raise self.error("evaluate", f"outputs[{i}] has dtype {out.dtype}, must stay float32")
 
 
-_PACKAGE_DIR = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
 
 
 def _user_line(exc):
-    """' (at file:line)' for the innermost traceback frame outside the workbench package."""
+    """' (at file:line)' for the innermost traceback frame outside the runtime (the user's code)."""
     tb, where = exc.__traceback__, None
     while tb is not None:
         filename = tb.tb_frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_PACKAGE_DIR + os.sep):
+        if not os.path.abspath(filename).startswith(_RUNTIME_DIR + os.sep):
             where = f"{filename}:{tb.tb_lineno}"
         tb = tb.tb_next
     return f" (at {where})" if where else ""
