@@ -4,12 +4,17 @@ Padding amounts for SAME come from NeuralNetwork.proto's SamePadding formulas (w
 where torch has the same rule built in (padding="same" at stride 1, ConvTranspose output_padding)
 it is used instead.
 """
+import contextlib
+import io
+import warnings
+
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
 import torch.nn.functional as F
 from coremltools.models import datatypes
-from coremltools.models.neural_network import NeuralNetworkBuilder
+from coremltools.models.neural_network import NeuralNetworkBuilder, quantization_utils
 
 import workbench as wb
 
@@ -198,6 +203,38 @@ def test_convolution_wrong_input_channels_names_the_layer():
         wb.load(b.spec).predict({"data": np.ones((1, 3, 6, 6), np.float32)})
 
 
+@pytest.mark.parametrize("deconv", [False, True])
+def test_linear_quantized_weights_per_output_channel(deconv):
+    """coremltools' quantize_weights scales convolution weights per output channel: along axis 0
+    of [C_out, C_in/g, kH, kW], and along axis 1 of deconvolution's [C_in, C_out/g, kH, kW]."""
+    r = rng(17)
+    x = r.standard_normal((1, 4, 5, 6)).astype(np.float32)
+    channel_scale = np.array([1, 10, 0.1], np.float32)
+    b = builder({"data": x.shape}, True)
+    if deconv:
+        w = r.standard_normal((4, 3, 3, 3)).astype(np.float32) * channel_scale[None, :, None, None]
+        add_deconv(b, w, groups=2, stride=(2, 2))
+    else:
+        w = r.standard_normal((6, 2, 3, 3)).astype(np.float32) * np.tile(channel_scale, 2)[:, None, None, None]
+        add_conv(b, w, groups=2)
+    with contextlib.redirect_stdout(io.StringIO()):
+        spec = quantization_utils.quantize_weights(ct.models.MLModel(b.spec, skip_model_load=True),
+                                                   nbits=8, quantization_mode="linear").get_spec()
+    wp = spec.neuralNetwork.layers[0].convolution.weights
+    axis = 1 if deconv else 0
+    shape = [1, 1, 1, 1]
+    shape[axis] = -1
+    scale = np.array(wp.quantization.linearQuantization.scale, np.float32).reshape(shape)
+    bias = np.array(wp.quantization.linearQuantization.bias, np.float32).reshape(shape)
+    assert scale.size == w.shape[axis] > 1
+    dequantized = np.frombuffer(wp.rawValue, np.uint8).reshape(w.shape) * scale + bias
+    if deconv:
+        ref = F.conv_transpose2d(t(x), t(dequantized), stride=2, groups=2).numpy()
+    else:
+        ref = F.conv2d(t(x), t(dequantized), groups=2).numpy()
+    check(wb.load(spec).predict({"data": x})["out"], ref)
+
+
 # ---------------------------------------------------------------- 2-D deconvolution
 
 DECONV_CASES = [
@@ -374,3 +411,54 @@ def test_deconvolution3d_same_padding():
     starts = [(full.shape[2 + i] - n * 2) // 2 for i, n in enumerate(x.shape[2:])]
     ref = full[:, :, starts[0]:starts[0] + 6, starts[1]:starts[1] + 8, starts[2]:starts[2] + 6]
     check(predict(b, data=x), ref)
+
+
+# ---------------------------------------------------------------- as coremltools converts PyTorch
+
+def converted_agrees(module, *examples):
+    """Trace, convert with coremltools (neuralnetwork), run here, compare with the module."""
+    module = module.eval()
+    inputs = [ct.TensorType(name=f"in{i}", shape=x.shape) for i, x in enumerate(examples)]
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        spec = ct.convert(torch.jit.trace(module, examples), inputs=inputs,
+                          convert_to="neuralnetwork").get_spec()
+    with torch.no_grad():
+        expected = module(*examples).numpy()
+    kinds = {layer.WhichOneof("layer") for layer in spec.neuralNetwork.layers}
+    out = wb.load(spec).predict({f"in{i}": x.numpy() for i, x in enumerate(examples)})
+    check(out[spec.description.output[0].name], expected)
+    return kinds
+
+
+class Conv2dChain(torch.nn.Module):
+    """Grouped deconvolution with output_padding, dilated deconvolution, depthwise convolution,
+    then a convolution whose weights are the second model input."""
+
+    def __init__(self):
+        super().__init__()
+        self.up = torch.nn.ConvTranspose2d(4, 6, 3, stride=2, padding=1, output_padding=1, groups=2)
+        self.dilated = torch.nn.ConvTranspose2d(6, 4, 3, stride=2, dilation=2, padding=2)
+        self.depthwise = torch.nn.Conv2d(4, 8, 3, stride=2, padding=1, groups=4)
+
+    def forward(self, x, w):
+        return F.conv2d(self.depthwise(self.dilated(self.up(x))), w, stride=2, padding=1)
+
+
+class Conv3dChain(torch.nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = torch.nn.Conv3d(4, 6, (2, 3, 3), stride=(1, 2, 2), padding=(1, 1, 0), groups=2)
+        self.deconv = torch.nn.ConvTranspose3d(6, 4, 3, stride=2, padding=1, groups=2)
+
+    def forward(self, x):
+        return self.deconv(self.conv(x))
+
+
+@pytest.mark.parametrize("module, shapes, kind", [
+    (Conv2dChain, [(1, 4, 5, 6), (3, 8, 3, 3)], "convolution"),
+    (Conv3dChain, [(1, 4, 4, 7, 6)], "convolution3d")])
+def test_pytorch_conversions(module, shapes, kind):
+    torch.manual_seed(0)
+    assert kind in converted_agrees(module(), *[torch.randn(*s) for s in shapes])

@@ -5,6 +5,11 @@ Asymmetric padding is applied with F.pad before torch pools (-inf for MAX, zeros
 "exclude padding" averages are torch's window sums over the padded input divided by torch's
 window sums over a padded mask of ones. SAME amounts follow NeuralNetwork.proto's formulas.
 """
+import contextlib
+import io
+import warnings
+
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -224,3 +229,91 @@ def test_global_pooling3d_proto_example():
     b = builder(x.shape, True)
     b.add_global_pooling3d(name="pool", input_name="data", output_name="out", pooling_type="MAX")
     check(predict(b, x), np.full((1, 1, 1, 1, 1), 18, np.float32))
+
+
+def test_max_pooling_ignores_padding_coremltools_examples():
+    """coremltools' max_pool tests (VALID kernel 1x2x3 / stride 2x1x3 and SAME kernel 1x2x3 /
+    stride 2x1x3 in 3-D, the trailing two in 2-D): a SAME window over padding and -2 gives -2,
+    so padding never wins a max."""
+    x2 = np.array([[[[-10.80291205, -6.42076184], [-7.07910997, 9.1913279]],
+                    [[-3.18181497, 0.9132147], [11.9785544, 7.92449539]]]], np.float32)
+    for padding, k, s, expected in [
+            ("VALID", (1, 2), (2, 1), [[[[-6.42076184]], [[0.9132147]]]]),
+            ("SAME", (2, 3), (1, 3), [[[[9.191328], [9.191328]], [[11.978555], [11.978555]]]])]:
+        b = builder(x2.shape, True)
+        b.add_pooling(name="pool", height=k[0], width=k[1], stride_height=s[0], stride_width=s[1],
+                      layer_type="MAX", padding_type=padding, input_name="data", output_name="out")
+        check(predict(b, x2), np.array(expected, np.float32))
+    x3 = np.array([[[[[-1, -5, -1], [-3, -3, 8], [2, 6, 2]], [[-4, 7, -4], [4, 6, 7], [4, 4, 8]],
+                     [[5, -3, 5], [0, -5, 8], [1, 7, 2]]]],
+                   [[[[7, -3, -5], [5, 4, 7], [-2, -4, -3]], [[-4, 3, -1], [6, -4, 4], [3, 6, 2]],
+                     [[-1, 4, -4], [-2, -1, -2], [3, 2, 8]]]]], np.float32)
+    for padding, expected in [
+            ("VALID", [[[[[8.0], [8.0]], [[8.0], [8.0]]]], [[[[7.0], [7.0]], [[4.0], [8.0]]]]]),
+            ("SAME", [[[[[8.0], [8.0], [6.0]], [[8.0], [8.0], [7.0]]]],
+                      [[[[7.0], [7.0], [-2.0]], [[4.0], [8.0], [8.0]]]]])]:
+        b = builder(x3.shape, True)
+        b.add_pooling3d(name="pool", input_name="data", output_name="out", pooling_type="MAX",
+                        kernel_depth=1, kernel_height=2, kernel_width=3, stride_depth=2,
+                        stride_height=1, stride_width=3, padding_mode=padding)
+        check(predict(b, x3), np.array(expected, np.float32))
+
+
+def test_average_pooling_exclude_padding_coremltools_examples():
+    """coremltools' avg_pool tests: VALID, and SAME with padding excluded from the count."""
+    x2 = np.array([[[[-10.80291205, -6.42076184], [-7.07910997, 9.1913279]],
+                    [[-3.18181497, 0.9132147], [11.9785544, 7.92449539]]]], np.float32)
+    for padding, k, s, expected in [
+            ("VALID", (1, 2), (2, 1), [[[[-8.611837]], [[-1.1343001]]]]),
+            ("SAME", (2, 3), (1, 3), [[[[-3.7778642], [1.056109]], [[4.4086123], [9.951525]]]])]:
+        b = builder(x2.shape, True)
+        b.add_pooling(name="pool", height=k[0], width=k[1], stride_height=s[0], stride_width=s[1],
+                      layer_type="AVERAGE", padding_type=padding, input_name="data",
+                      output_name="out", exclude_pad_area=True)
+        check(predict(b, x2), np.array(expected, np.float32))
+    x3 = np.array([[[[[-1, -5, -1], [-3, -3, 8], [2, 6, 2]], [[-4, 7, -4], [4, 6, 7], [4, 4, 8]],
+                     [[5, -3, 5], [0, -5, 8], [1, 7, 2]]]],
+                   [[[[7, -3, -5], [5, 4, 7], [-2, -4, -3]], [[-4, 3, -1], [6, -4, 4], [3, 6, 2]],
+                     [[-1, 4, -4], [-2, -1, -2], [3, 2, 8]]]]], np.float32)
+    b = builder(x3.shape, True)
+    b.add_pooling3d(name="pool", input_name="data", output_name="out", pooling_type="AVERAGE",
+                    kernel_depth=1, kernel_height=2, kernel_width=3, stride_depth=2, stride_height=1,
+                    stride_width=3, padding_mode="SAME", average_pooling_count_excludes_padding=True)
+    expected = [[[[[-0.8333334], [2.0], [3.3333335]], [[1.6666667], [2.1666667], [3.3333335]]]],
+                [[[[2.5], [1.1666667], [-3.0]], [[-1.0], [1.3333334], [4.3333335]]]]]
+    check(predict(b, x3), np.array(expected, np.float32))
+
+
+# ---------------------------------------------------------------- as coremltools converts PyTorch
+
+class PoolChain(torch.nn.Module):
+    """ceil_mode (includeLastPixel) max and average pooling, padding excluded, L2, global average."""
+
+    def forward(self, x):
+        a = F.max_pool2d(x, 3, 2, padding=1, ceil_mode=True)
+        a = F.avg_pool2d(a, 3, 2, padding=1, ceil_mode=True, count_include_pad=False)
+        b = F.lp_pool2d(x, 2, 2, 2)
+        b = F.avg_pool2d(b, 2, 1, padding=1, count_include_pad=True)
+        return F.adaptive_avg_pool2d(a, 1) + F.max_pool2d(b, 2)[..., :1, :1]
+
+
+class Pool3dChain(torch.nn.Module):
+    def forward(self, x):
+        y = F.avg_pool3d(F.max_pool3d(x, 2, (1, 2, 2), padding=1), 3, 2, padding=1,
+                         count_include_pad=False)
+        return torch.amax(y, dim=(2, 3, 4), keepdim=True) + torch.mean(y, dim=(2, 3, 4), keepdim=True) + y
+
+
+@pytest.mark.parametrize("module, shape", [(PoolChain, (2, 3, 17, 14)), (Pool3dChain, (1, 2, 6, 9, 8))])
+def test_pytorch_conversions(module, shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        spec = ct.convert(torch.jit.trace(module().eval(), x), inputs=[ct.TensorType(name="x", shape=x.shape)],
+                          convert_to="neuralnetwork").get_spec()
+    kinds = {layer.WhichOneof("layer") for layer in spec.neuralNetwork.layers}
+    assert kinds & {"pooling", "pooling3d", "globalPooling3d"}
+    out = wb.load(spec).predict({"x": x.numpy()})[spec.description.output[0].name]
+    check(out, module()(x).numpy())

@@ -7,6 +7,11 @@ with torch's grid_sample (bilinear, align_corners=True, border clamping), an ind
 bilinear interpolator. Literal values from the proto's examples and from coremltools' own
 MIL tests pin the conventions down.
 """
+import contextlib
+import io
+import warnings
+
+import coremltools as ct
 import numpy as np
 import pytest
 import torch
@@ -422,3 +427,31 @@ def test_reorganize_data_against_torch(block, exact_rank):
     s2d = unshuffled.reshape(n, c, block * block, 3, 2).transpose(0, 2, 1, 3, 4).reshape(n, -1, 3, 2)
     check(run("SPACE_TO_DEPTH", wide), back(s2d))
     check(run("DEPTH_TO_SPACE", back(s2d)), wide)
+
+
+# ---------------------------------------------------------------- as coremltools converts PyTorch
+
+class ResampleChain(torch.nn.Module):
+    def forward(self, x):
+        a = F.interpolate(x, scale_factor=2, mode="nearest")
+        a = F.interpolate(a, size=(12, 15), mode="bilinear", align_corners=False)
+        a = F.interpolate(a, size=(13, 9), mode="bilinear", align_corners=True)
+        a = F.pad(a, (1, 2, 3, 0), mode="reflect")
+        a = F.pad(a, (0, 1, 2, 1), mode="replicate")
+        a = F.pad(a, (1, 1, 0, 2, 3, 1), value=0.5)
+        return F.pixel_shuffle(a, 2)
+
+
+@pytest.mark.parametrize("shape", [(1, 4, 4, 3)])
+def test_pytorch_conversion(shape):
+    torch.manual_seed(0)
+    x = torch.randn(*shape)
+    with warnings.catch_warnings(), contextlib.redirect_stderr(io.StringIO()), \
+            contextlib.redirect_stdout(io.StringIO()):
+        warnings.simplefilter("ignore")
+        spec = ct.convert(torch.jit.trace(ResampleChain().eval(), x),
+                          inputs=[ct.TensorType(name="x", shape=x.shape)], convert_to="neuralnetwork").get_spec()
+    kinds = {layer.WhichOneof("layer") for layer in spec.neuralNetwork.layers}
+    assert {"upsample", "padding", "constantPad", "reorganizeData"} <= kinds
+    out = wb.load(spec).predict({"x": x.numpy()})[spec.description.output[0].name]
+    check(out, ResampleChain()(x).numpy())

@@ -144,20 +144,50 @@ class _ConvolutionBase(Kernel):
     output_shape, padding`` where padding is ("fixed", [(b, a), ...]) or ("same", top_left_heavy)."""
 
     def _plan_weights(self, weights, bias):
-        k = math.prod(self.kernel_sizes)
-        if self.deconv:
-            count = self.kernel_channels * (self.c_out // self.groups) * k
-        else:
-            count = self.c_out * self.kernel_channels * k
+        count = self._weight_count()
         self.bias = None
         if self.has_bias:
             b = self.weights(bias, "bias", self.c_out)
             self.bias = b.reshape((self.c_out,) + (1,) * self.rank)
         self.dynamic_weights = len(self.layer.input) == 2
         if not self.dynamic_weights:
-            self._set_weights(self.weights(weights, "weights", count))
+            flat = self._deconv_weights(weights, count) if self.deconv else \
+                self.weights(weights, "weights", count)
+            self.wmat, self.depthwise = self._layout(flat)
+
+    def _deconv_weights(self, wp, count):
+        """Deconvolution weights [C_in, C_out/groups, *kernel] are quantized per channel along
+        axis 1 (coremltools' quantize_weights), not along the leading axis: decode the codes with
+        unit scale, then apply the per-channel scale and bias on axis 1."""
+        linear = wp.quantization.linearQuantization
+        if not (wp.HasField("quantization") and wp.quantization.HasField("linearQuantization")
+                and max(len(linear.scale), len(linear.bias)) > 1):
+            return self.weights(wp, "weights", count)
+        channels = self.c_out // self.groups
+        scale = np.asarray(linear.scale, np.float32)
+        bias = np.asarray(linear.bias, np.float32) if len(linear.bias) else np.zeros(1, np.float32)
+        if {scale.size, bias.size} - {1, channels}:
+            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': {scale.size} scales and "
+                                   f"{bias.size} biases for {channels} deconvolution output channels")
+        plain = type(wp)()
+        plain.CopyFrom(wp)
+        del plain.quantization.linearQuantization.scale[:]
+        del plain.quantization.linearQuantization.bias[:]
+        plain.quantization.linearQuantization.scale.append(1.0)
+        codes = self.weights(plain, "weights", count).reshape(self.kernel_channels, channels, -1)
+        return (codes * scale[:, None] + bias[:, None]).reshape(-1)
+
+    def _weight_count(self):
+        k = math.prod(self.kernel_sizes)
+        if self.deconv:
+            return self.kernel_channels * (self.c_out // self.groups) * k
+        return self.c_out * self.kernel_channels * k
 
     def _check(self):
+        if min(self.kernel_sizes + self.strides + self.dilations) < 1:
+            raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': kernel size "
+                                   f"{self.kernel_sizes}, stride {self.strides} and dilation "
+                                   f"{self.dilations} must be positive")
         if self.groups < 1 or self.c_out % self.groups:
             raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': nGroups={self.groups} "
                                    f"does not divide outputChannels={self.c_out}")
@@ -165,21 +195,17 @@ class _ConvolutionBase(Kernel):
             raise ModelFormatError(f"{self.ctx.model_name}: layer '{self.name}': nGroups={self.groups} "
                                    f"does not divide kernelChannels={self.kernel_channels}")
 
-    def _set_weights(self, flat):
-        """Lay weights out for the engine: grouped matmul matrices, or depthwise taps."""
+    def _layout(self, flat):
+        """Weights laid out for the engine: ``(matrix, is_depthwise)``; grouped matmul matrices,
+        or per-channel taps when every group has one input channel."""
         g, ks = self.groups, tuple(self.kernel_sizes)
         if self.deconv:
-            w = flat.reshape((self.kernel_channels, self.c_out // g) + ks)
-            cg = self.kernel_channels // g
-            w = w.reshape((g, cg, -1))                       # [g, C_in/g, C_out/g * K]
-            self.wmat = np.ascontiguousarray(w.transpose(0, 2, 1))
-            return
+            w = flat.reshape((g, self.kernel_channels // g, -1))     # [g, C_in/g, C_out/g * K]
+            return np.ascontiguousarray(w.transpose(0, 2, 1)), False
         w = flat.reshape((self.c_out, self.kernel_channels) + ks)
-        self.depthwise = self.kernel_channels == 1 and g > 1
-        if self.depthwise:
-            self.wmat = np.ascontiguousarray(w.reshape((g, self.c_out // g) + ks))
-        else:
-            self.wmat = np.ascontiguousarray(w.reshape(g, self.c_out // g, -1))
+        if self.kernel_channels == 1 and g > 1:
+            return np.ascontiguousarray(w.reshape((g, self.c_out // g) + ks)), True
+        return np.ascontiguousarray(w.reshape(g, self.c_out // g, -1)), False
 
     def _error(self, message):
         return LayerError(self.ctx.model_name, self.name, message)
@@ -218,13 +244,8 @@ class _ConvolutionBase(Kernel):
         if x.ndim < rank + 1:
             raise self._error(f"input of shape {x.shape} has rank {x.ndim}; "
                               f"this layer needs [..., C, {', '.join('DHW'[3 - rank:])}]")
-        if self.dynamic_weights:
-            w = np.asarray(inputs[1], np.float32)
-            if w.size != self.c_out * self.kernel_channels * math.prod(self.kernel_sizes):
-                raise self._error(f"weight input of shape {w.shape} does not hold "
-                                  f"{self.c_out}x{self.kernel_channels}x"
-                                  f"{'x'.join(map(str, self.kernel_sizes))} weights")
-            self._set_weights(w.reshape(-1))
+        wmat, depthwise = (self.wmat, self.depthwise) if not self.dynamic_weights else \
+            self._layout(self._weight_input(inputs[1]))
         lead, channels, in_sizes = x.shape[:-rank - 1], x.shape[-rank - 1], x.shape[-rank:]
         expected = self.kernel_channels if self.deconv else self.kernel_channels * self.groups
         if channels != expected:
@@ -234,19 +255,27 @@ class _ConvolutionBase(Kernel):
         if self.deconv:
             befores, outs = self._transpose_window(in_sizes)
             self._check_sizes(outs, x.shape)
-            y = conv_transpose(xb, self.wmat, self.kernel_sizes, self.groups, self.strides,
+            y = conv_transpose(xb, wmat, self.kernel_sizes, self.groups, self.strides,
                                self.dilations, befores, outs)
         else:
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape)
-            if self.depthwise:
-                y = depthwise_forward(xb, self.wmat, self.strides, self.dilations, pads, outs)
+            if depthwise:
+                y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs)
             else:
-                y = conv_forward(xb, self.wmat, self.kernel_sizes, self.groups, self.strides,
+                y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
                                  self.dilations, pads, outs)
         if self.bias is not None:
             y += self.bias
         return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
+
+    def _weight_input(self, w):
+        """Spec 4+: weights as the second input, [C_out, kernelChannels, *kernel]."""
+        if w.size != self._weight_count():
+            raise self._error(f"weight input of shape {w.shape} does not hold the "
+                              f"{self._weight_count()} weights of outputChannels={self.c_out}, "
+                              f"kernelChannels={self.kernel_channels}, kernel {self.kernel_sizes}")
+        return np.asarray(w, np.float32).reshape(-1)
 
     def _check_sizes(self, outs, shape):
         if any(o < 1 for o in outs):
@@ -275,7 +304,6 @@ class Convolution(_ConvolutionBase):
             self.padding = ("same", top_left)
         else:
             self.padding = ("fixed", border_pairs(p.valid.paddingAmounts))
-        self.depthwise = False
         self._check()
         self._plan_weights(p.weights, p.bias)
 
@@ -313,9 +341,5 @@ class Convolution3D(_ConvolutionBase):
             self.padding = ("fixed", [(int(p.customPaddingFront), int(p.customPaddingBack)),
                                       (int(p.customPaddingTop), int(p.customPaddingBottom)),
                                       (int(p.customPaddingLeft), int(p.customPaddingRight))])
-        if min(self.kernel_sizes) < 1:
-            raise ModelFormatError(f"{ctx.model_name}: layer '{self.name}': kernel size "
-                                   f"{self.kernel_sizes} must be positive")
-        self.depthwise = False
         self._check()
         self._plan_weights(p.weights, p.bias)

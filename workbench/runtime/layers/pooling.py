@@ -106,7 +106,7 @@ class Pooling(_PoolingBase):
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         p = self.params
-        self.kind = p.PoolingType.Name(p.type)
+        self.pool_type = p.PoolingType.Name(p.type)
         ks, st = [int(v) for v in p.kernelSize], [int(v) for v in p.stride]
         self.windows = tuple(ks) if len(ks) == 2 else (3, 3)
         self.strides = tuple(st) if len(st) == 2 else (1, 1)
@@ -149,9 +149,9 @@ class Pooling(_PoolingBase):
     def compute(self, x):
         sizes = self._input_sizes(x)
         if self.is_global:
-            return global_pool(x, 2, self.kind)
+            return global_pool(x, 2, self.pool_type)
         plans = self._plans(sizes)
-        return pool(x, self._checked(plans, x.shape), self.kind, self.exclude_padding)
+        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding)
 
 
 @kernel("pooling3d")
@@ -164,7 +164,7 @@ class Pooling3D(_PoolingBase):
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         p = self.params
-        self.kind = p.PoolingType3D.Name(p.type)
+        self.pool_type = p.PoolingType3D.Name(p.type)
         self.windows = (int(p.kernelDepth), int(p.kernelHeight), int(p.kernelWidth))
         self.strides = tuple(max(1, int(v)) for v in (p.strideDepth, p.strideHeight, p.strideWidth))
         if min(self.windows) < 1:
@@ -187,7 +187,7 @@ class Pooling3D(_PoolingBase):
             else:
                 out = valid_output(n, k, s, b, a)
             plans.append(AxisPlan(k, s, b, a, out))
-        return pool(x, self._checked(plans, x.shape), self.kind, self.exclude_padding)
+        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding)
 
 
 @kernel("globalPooling3d")
@@ -198,8 +198,8 @@ class GlobalPooling3D(_PoolingBase):
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
-        self.kind = self.params.GlobalPoolingType3D.Name(self.params.type)
+        self.pool_type = self.params.GlobalPoolingType3D.Name(self.params.type)
 
     def compute(self, x):
         self._input_sizes(x)
-        return global_pool(x, 3, self.kind)
+        return global_pool(x, 3, self.pool_type)
