@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from conftest import LAYERS, corpus, custom_only_model
+from support import LAYERS, corpus, custom_only_model
 from workbench.cli import main
 from workbench.examples import example_cases, example_path
 

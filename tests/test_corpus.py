@@ -8,7 +8,7 @@ import pytest
 from PIL import Image
 
 import workbench as wb
-from conftest import CORPUS, LAYERS, corpus
+from support import CORPUS, LAYERS, corpus
 
 MODELS = [
     "dneprDroid_DeformConv2d_test-model.mlmodel", "dneprDroid_GridSample_model.mlmodel",

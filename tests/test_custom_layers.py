@@ -372,7 +372,7 @@ def test_deform_conv2d_checks_its_parameters_against_weights_and_input():
 # ------------------------------------------------------------------ through wb.load (built models)
 
 def builder_model(class_name, input_shape, exact, parameters=None, weights=()):
-    from conftest import custom_only_model
+    from support import custom_only_model
     return custom_only_model([class_name], input_shape=input_shape, exact=exact,
                              parameters=parameters, weights=weights)
 

@@ -4,7 +4,7 @@ import tomllib
 
 import yaml
 
-from conftest import ROOT
+from support import ROOT
 
 
 def test_environment_yml_installs_this_package_with_existing_extras():

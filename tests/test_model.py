@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import corpus, custom_only_model
+from support import corpus, custom_only_model
 
 
 class Double(wb.CustomLayer):

@@ -3,7 +3,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import custom_only_model, set_shape_range
+from support import custom_only_model, set_shape_range
 
 
 class Recorder(wb.CustomLayer):

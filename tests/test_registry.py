@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from conftest import custom_only_model
+from support import custom_only_model
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)
 

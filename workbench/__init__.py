@@ -10,16 +10,30 @@ from .errors import (  # noqa: F401
     LayerError,
     MissingImplementationError,
     ModelFormatError,
+    ResourceLimitError,
     UnsupportedLayerError,
     WorkbenchError,
 )
 from .runtime.model import Model, load  # noqa: F401
 from .runtime.protocol import CustomLayer, custom_layer  # noqa: F401
+from .convert import ConversionError, CustomOp, convert  # noqa: F401
+from .export import ExportError, export_swift  # noqa: F401
+from .testing import (  # noqa: F401
+    LayerCheck,
+    TestCase,
+    TestReport,
+    check_layer,
+    load_cases,
+    run_tests,
+    save_cases,
+)
 
 __version__ = "0.1.0"
 
 __all__ = [
     "load", "Model", "CustomLayer", "custom_layer",
     "WorkbenchError", "ModelFormatError", "UnsupportedLayerError", "InputError",
-    "MissingImplementationError", "LayerError", "ImplementationError",
+    "MissingImplementationError", "LayerError", "ImplementationError", "ResourceLimitError",
+    "convert", "CustomOp", "ConversionError", "export_swift", "ExportError",
+    "TestCase", "run_tests", "TestReport", "check_layer", "LayerCheck", "save_cases", "load_cases",
 ]

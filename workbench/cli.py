@@ -1,4 +1,4 @@
-"""The `workbench` command: inspect a model, run it on files, run the bundled demo."""
+"""The `workbench` command: inspect a model, run it on files, run the bundled demo, export Swift."""
 import argparse
 import sys
 from pathlib import Path
@@ -23,10 +23,18 @@ def main(argv=None):
 
     sub.add_parser("demo", help="load the bundled example, run it, compare with its PyTorch outputs")
 
+    p = sub.add_parser("export-swift", help="Swift MLCustomLayer skeletons per className; with --cases also "
+                                             "the model, JSON test vectors and an XCTest")
+    p.add_argument("model")
+    p.add_argument("out_dir")
+    p.add_argument("--cases", metavar="FILE.npz", help="test cases (wb.save_cases layout) for the vectors and XCTest")
+    p.add_argument("--layers", help="folder or .py file with implementations (their shapes and Python code "
+                                    "go into the Swift comments)")
+
     args = parser.parse_args(argv)
     from .errors import WorkbenchError
     try:
-        return {"inspect": _inspect, "run": _run, "demo": _demo}[args.command](args)
+        return {"inspect": _inspect, "run": _run, "demo": _demo, "export-swift": _export_swift}[args.command](args)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
@@ -73,6 +81,15 @@ def _run(args):
     for name, value in arrays.items():
         print(f"{name}: {value.dtype} {value.shape}")
     print(f"wrote {args.out}")
+    return 0
+
+
+def _export_swift(args):
+    import workbench as wb
+    from .export import export_swift
+    model = wb.load(args.model, layers=args.layers)
+    for path in export_swift(model, args.out_dir, cases=args.cases):
+        print(f"wrote {path}")
     return 0
 
 

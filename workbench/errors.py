@@ -50,3 +50,20 @@ class LayerError(WorkbenchError):
 
 class ImplementationError(WorkbenchError):
     """A custom layer implementation file or class cannot be used (syntax error, wrong base, ...)."""
+
+
+class ResourceLimitError(LayerError):
+    """A model needs more than a limit of ``wb.load(..., limits=...)`` allows.
+
+    The limits (workbench/runtime/limits.py) stop a hostile or broken model file from taking all
+    memory or time: the check runs before the allocation or the work, and the message names the
+    model, the layer (or input) and how to raise the limit. A LayerError, so code catching layer
+    failures catches these too.
+    """
+
+    def __init__(self, model_name, where, message, limit):
+        self.model_name, self.layer_name, self.class_name, self.method = model_name, where, None, None
+        self.limit = limit
+        WorkbenchError.__init__(
+            self, f"{model_name}: {where}: {message}; if the model really needs more, raise the limit "
+                  f"with wb.load(..., limits={{'{limit}': N}})")

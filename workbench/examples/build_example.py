@@ -12,19 +12,13 @@ The network (input ``image`` 1x3x32x32, output ``logits`` 1x10)::
 - ``PixelNorm``: ``y = x / sqrt(mean_c(x^2) + epsilon)``, the per-pixel channel normalisation of
   ProGAN. Custom layer with parameters only (``epsilon``, ``channel_axis``).
 
-How the custom layers are made (coremltools' "Custom Operators" workflow):
-1. each op is a ``torch.library`` custom op (namespace ``wbexample``), so PyTorch computes the
-   reference outputs and ``torch.jit.trace`` records it as one node ``wbexample::<op>``;
-2. each op is a MIL op registered with ``register_op(is_custom_op=True)``, whose ``bindings`` name
-   the className, input order, parameters, description and weights;
-3. a ``register_torch_op`` translation maps the traced node onto that MIL op;
-4. ``ct.convert(..., convert_to="neuralnetwork")`` emits ``CustomLayerParams``.
-
-Weights: coremltools' NeuralNetwork backend copies ``bindings["weights"]`` (a list of float
-sequences) into ``CustomLayerParams.weights``, but ``bindings`` is normally a class attribute, fixed
-before any model exists. Here the learned tensors are instead const *inputs* of the MIL op (so they
-live in the MIL graph like any other constant) and ``bindings`` is a property that reads them from
-the op instance. Because ``beta``/``gain`` are not in ``input_order`` they do not become layer inputs.
+How the custom layers are made: each op is a ``torch.library`` custom op (namespace ``wbexample``),
+so PyTorch computes the reference outputs and ``torch.jit.trace`` records it as one node
+``wbexample::<op>``; ``wb.convert`` (workbench/convert.py) then designates both nodes as custom layers
+with ``wb.CustomOp`` (coremltools' "Custom Operators" workflow: a MIL op registered with
+``register_op(is_custom_op=True)`` whose ``bindings`` carry className, parameters, weights and
+description, and a ``register_torch_op`` translation, for the duration of the call). The constant
+tensor arguments ``beta``/``gain`` become the ScaledSwish layer's weights, in argument order.
 
 Deterministic: fixed seeds, no conversion date in the metadata, maps serialised in sorted order,
 so a rebuild with the same torch and coremltools gives byte-identical files.
@@ -163,87 +157,29 @@ def reference_outputs(module, inputs):
 
 # ---------------------------------------------------------------- the ops, as Core ML custom layers
 
-def register_custom_ops():
-    """Register the MIL custom ops and their torch translations (idempotent)."""
-    from coremltools.converters.mil import Builder as mb
-    from coremltools.converters.mil import register_op, register_torch_op
-    from coremltools.converters.mil.mil import Operation, types
-    from coremltools.converters.mil.mil.input_type import InputSpec, TensorInputType
-
-    @register_op(is_custom_op=True, allow_override=True)
-    class wbexample_scaled_swish(Operation):
-        input_spec = InputSpec(
-            x=TensorInputType(type_domain="T"),
-            beta=TensorInputType(const=True, type_domain="T"),
-            gain=TensorInputType(const=True, type_domain="T"),
-            channels=TensorInputType(const=True, type_domain=types.int32),
-            channel_axis=TensorInputType(const=True, type_domain=types.int32),
-        )
-        type_domains = {"T": (types.fp16, types.fp32)}
-
-        @property
-        def bindings(self):
-            """Read per instance, so the learned tensors become CustomLayerParams.weights."""
-            return {
-                "class_name": "ScaledSwish",
-                "input_order": ["x"],
-                "parameters": ["channels", "channel_axis"],
-                "weights": [self.beta.val.astype(np.float32).ravel(), self.gain.val.astype(np.float32).ravel()],
-                "description": "y = gain[c] * x * sigmoid(beta[c] * x): Swish with a learned sharpness "
-                               "(weights[0] = beta) and scale (weights[1] = gain) per channel",
-            }
-
-        def type_inference(self):
-            return types.tensor(self.x.dtype, self.x.shape)
-
-    @register_op(is_custom_op=True, allow_override=True)
-    class wbexample_pixel_norm(Operation):
-        input_spec = InputSpec(
-            x=TensorInputType(type_domain="T"),
-            epsilon=TensorInputType(const=True, type_domain=types.fp32),
-            channel_axis=TensorInputType(const=True, type_domain=types.int32),
-        )
-        type_domains = {"T": (types.fp16, types.fp32)}
-        bindings = {
-            "class_name": "PixelNorm",
-            "input_order": ["x"],
-            "parameters": ["epsilon", "channel_axis"],
-            "description": "y = x / sqrt(mean over channels of x^2 + epsilon): per-pixel feature normalisation",
-        }
-
-        def type_inference(self):
-            return types.tensor(self.x.dtype, self.x.shape)
-
-    @register_torch_op(torch_alias=["wbexample::scaled_swish"], override=True)
-    def wbexample_scaled_swish_from_torch(context, node):
-        x, beta, gain = (context[name] for name in node.inputs)
-        out = mb.wbexample_scaled_swish(x=x, beta=beta.val, gain=gain.val, channels=int(beta.val.size),
-                                        channel_axis=CHANNEL_AXIS, name=SWISH_LAYER)
-        context.add(out, torch_name=node.name)
-
-    @register_torch_op(torch_alias=["wbexample::pixel_norm"], override=True)
-    def wbexample_pixel_norm_from_torch(context, node):
-        x, epsilon = (context[name] for name in node.inputs)
-        out = mb.wbexample_pixel_norm(x=x, epsilon=np.float32(epsilon.val), channel_axis=CHANNEL_AXIS,
-                                      name=PIXEL_NORM_LAYER)
-        context.add(out, torch_name=node.name)
+def custom_ops():
+    """The two ops, designated as custom layers for ``wb.convert``."""
+    from workbench.convert import CustomOp
+    return {
+        scaled_swish_op: CustomOp(
+            "ScaledSwish", layer_name=SWISH_LAYER,
+            parameters={"channels": lambda args: args["beta"].size, "channel_axis": CHANNEL_AXIS},
+            description="y = gain[c] * x * sigmoid(beta[c] * x): Swish with a learned sharpness "
+                        "(weights[0] = beta) and scale (weights[1] = gain) per channel"),
+        pixel_norm_op: CustomOp(
+            "PixelNorm", layer_name=PIXEL_NORM_LAYER,
+            parameters={"epsilon": float, "channel_axis": CHANNEL_AXIS},
+            description="y = x / sqrt(mean over channels of x^2 + epsilon): per-pixel feature normalisation"),
+    }
 
 
 def convert(module):
     """Trace and convert to a NeuralNetwork spec with the two custom layers; return the spec."""
-    import coremltools as ct
+    from workbench.convert import convert as convert_module
 
-    register_custom_ops()
     first_case = next(iter(make_inputs().values()))
-    with torch.no_grad():
-        traced = torch.jit.trace(module, torch.from_numpy(first_case[INPUT_NAME]))
-    mlmodel = ct.convert(
-        traced,
-        inputs=[ct.TensorType(name=INPUT_NAME, shape=INPUT_SHAPE, dtype=np.float32)],
-        outputs=[ct.TensorType(name=OUTPUT_NAME)],
-        convert_to="neuralnetwork",
-    )
-    spec = mlmodel.get_spec()
+    model, _ = convert_module(module, first_case, custom_ops(), output_names=[OUTPUT_NAME], random_cases=0)
+    spec = model.spec
     describe(spec, output_shape=reference_outputs(module, first_case)["logits"].shape)
     check_custom_layers(spec)
     return spec

@@ -34,21 +34,27 @@ class FeatureIO:
             out[name] = p
         return out
 
-    def default_inputs(self):
-        """Zero-valued inputs of each feature's default shape (for the load-time shape pass)."""
+    def default_inputs(self, limits=None):
+        """Zero-valued inputs of each feature's default shape (for the load-time shape pass).
+
+        The shapes come from the file, so they are checked against ``limits`` before allocating.
+        """
+        from .limits import check_shape
         out = {}
         for f in self.inputs:
             kind = specmod.feature_kind(f)
+            where = f"input '{f.name}'"
             if kind == "multiArrayType":
                 shape = specmod.array_shape(f)
                 if shape is None:
                     return None
-                out[f.name] = np.zeros(shape, np.float32)
+                out[f.name] = np.zeros(check_shape(limits, self.model_name, where, shape, "default"), np.float32)
             elif kind == "imageType":
                 size = specmod.image_size(f)
                 if size is None:
                     return None
-                out[f.name] = np.zeros((self._image_channels(f), size[1], size[0]), np.float32)
+                shape = (self._image_channels(f), size[1], size[0])
+                out[f.name] = np.zeros(check_shape(limits, self.model_name, where, shape, "default"), np.float32)
             elif kind in ("int64Type", "doubleType"):
                 out[f.name] = np.zeros((1,), np.float32)
             else:
@@ -88,7 +94,7 @@ class FeatureIO:
         except (TypeError, ValueError) as e:
             raise InputError(f"{self.model_name}: input '{f.name}' is not numeric: {e}") from None
         declared = specmod.array_shape(f)
-        check_array_shape(self.model_name, f, arr.shape)
+        check_array_shape(self.model_name, f, arr.shape, self.rank5)
         if not self.rank5:
             return np.ascontiguousarray(arr)
         rank = len(declared) if declared else arr.ndim
@@ -223,36 +229,52 @@ class FeatureIO:
         return out
 
 
-def check_array_shape(model_name, f, shape):
-    """Raise InputError when ``shape`` is not one the feature allows (fixed, enumerated or ranged)."""
+def check_array_shape(model_name, f, shape, rank5=False):
+    """Raise InputError when ``shape`` is not one the feature allows (fixed, enumerated or ranged).
+
+    An exact-rank model takes arrays of exactly the declared rank. A rank-5 model also takes
+    [Seq, Batch, C, H, W] arrays whose [C, H, W] is the declared shape ([C, 1, 1] for a declared [C]).
+    """
     t = f.type.multiArrayType
     which = t.WhichOneof("ShapeFlexibility")
-    shape = tuple(shape)
+    shape = tuple(int(d) for d in shape)
     allowed = None
     if which == "enumeratedShapes":
-        options = [tuple(s.shape) for s in t.enumeratedShapes.shapes]
-        if shape not in options and not _rank5_variant(shape, options):
+        options = [tuple(int(d) for d in s.shape) for s in t.enumeratedShapes.shapes]
+        if not any(_declared_part(shape, len(o), rank5) == o for o in options):
             allowed = "one of " + ", ".join(str(o) for o in options)
     elif which == "shapeRange":
-        ranges = [(r.lowerBound, r.upperBound) for r in t.shapeRange.sizeRanges]
-        core = shape[-len(ranges):] if len(shape) >= len(ranges) else None
-        if core is None or any(d < lo or (hi > 0 and d > hi) for d, (lo, hi) in zip(core, ranges)):
-            allowed = "sizes within " + ", ".join(f"[{lo}, {'inf' if hi < 0 else hi}]" for lo, hi in ranges)
+        ranges = [(int(r.lowerBound), int(r.upperBound)) for r in t.shapeRange.sizeRanges]
+        core = _declared_part(shape, len(ranges), rank5)
+        if core is None or len(core) != len(ranges) or any(
+                d < lo or (hi >= 0 and d > hi) for d, (lo, hi) in zip(core, ranges)):
+            allowed = (f"{len(ranges)}-D shapes with sizes within "
+                       + " x ".join(f"[{lo}, {'unbounded' if hi < 0 else hi}]" for lo, hi in ranges))
+            if rank5:
+                allowed += " (or [Seq, Batch, C, H, W] arrays holding one)"
     elif len(t.shape):
-        declared = tuple(t.shape)
-        if shape != declared and not _rank5_variant(shape, [declared]):
-            allowed = str(declared)
+        declared = tuple(int(d) for d in t.shape)
+        if _declared_part(shape, len(declared), rank5) != declared:
+            allowed = str(declared) + (" (or [Seq, Batch, C, H, W] arrays holding one)" if rank5 else "")
     if allowed:
         raise InputError(f"{model_name}: input '{f.name}' has shape {shape}; the model allows {allowed}")
 
 
-def _rank5_variant(shape, options):
-    """Rank-5 models also take [Seq, Batch, ...declared] arrays."""
-    return len(shape) == 5 and any(
-        (len(o) == 3 and shape[2:] == o) or (len(o) == 1 and shape[2:] == (o[0], 1, 1)) for o in options)
+def _declared_part(shape, rank, rank5):
+    """The part of ``shape`` that must match a declared shape of ``rank`` dimensions.
+
+    A rank-5 model maps a declared [C, H, W] to the last three axes of a 5-D array, and a declared
+    [C] to [C, 1, 1]; None when a 5-D array cannot hold a shape of that rank.
+    """
+    if rank5 and len(shape) == 5 and rank in (1, 3):
+        if rank == 3:
+            return shape[2:]
+        return shape[2:3] if shape[3:] == (1, 1) else None
+    return shape
 
 
 def check_image_size(model_name, f, size):
+    """Raise InputError when a (width, height) is not one the image feature allows."""
     t = f.type.imageType
     which = t.WhichOneof("SizeFlexibility")
     w, h = size
@@ -263,10 +285,19 @@ def check_image_size(model_name, f, size):
                              + ", ".join(f"{a}x{b}" for a, b in options))
     elif which == "imageSizeRange":
         r = t.imageSizeRange
-        ok = (r.widthRange.lowerBound <= w and (r.widthRange.upperBound < 0 or w <= r.widthRange.upperBound)
-              and r.heightRange.lowerBound <= h and (r.heightRange.upperBound < 0 or h <= r.heightRange.upperBound))
-        if not ok:
-            raise InputError(f"{model_name}: image '{f.name}' is {w}x{h}, outside the model's size range")
+        if not (_within(w, r.widthRange) and _within(h, r.heightRange)):
+            raise InputError(f"{model_name}: image '{f.name}' is {w}x{h}, outside the model's size range: "
+                             f"width {_describe_range(r.widthRange)}, height {_describe_range(r.heightRange)}")
     elif (t.width, t.height) != (w, h):
         raise InputError(f"{model_name}: image '{f.name}' is {w}x{h}; the model takes {t.width}x{t.height} "
                          f"(resize it first)")
+
+
+def _within(value, size_range):
+    """SizeRange: lowerBound <= value, and value <= upperBound unless upperBound is negative (unbounded)."""
+    return size_range.lowerBound <= value and (size_range.upperBound < 0 or value <= size_range.upperBound)
+
+
+def _describe_range(size_range):
+    upper = "unbounded" if size_range.upperBound < 0 else size_range.upperBound
+    return f"[{size_range.lowerBound}, {upper}]"

@@ -5,10 +5,9 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
                       UnsupportedLayerError, WorkbenchError)
 from . import spec as specmod
 from .features import FeatureIO
+from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
 from .plan import Planner
 from .registry import Implementations
-
-DEFAULT_LIMITS = {"max_loop_iterations": 1_000_000}
 
 
 def load(source, layers=None, limits=None):
@@ -20,6 +19,9 @@ def load(source, layers=None, limits=None):
     A model whose implementations are missing still loads; predict then names what is missing.
     """
     spec, name, path = specmod.read_spec(source)
+    if spec.WhichOneof("Type") in ("pipeline", "pipelineClassifier", "pipelineRegressor"):
+        from .pipeline import PipelineModel
+        return PipelineModel(spec, name=name, path=path, layers=layers, limits=limits)
     return Model(spec, name=name, path=path, layers=layers, limits=limits)
 
 
@@ -37,7 +39,7 @@ class Model:
         self.nn = getattr(spec, self.type)
         self.spec_version = spec.specificationVersion
         self.rank5 = self.nn.arrayInputShapeMapping == 0
-        self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
+        self.limits = merged_limits(limits)
         self.io = FeatureIO(spec, self.nn, self.type, self.rank5, name)
         self.implementations = Implementations()
         self.implementations.add_source(layers)
@@ -85,7 +87,7 @@ class Model:
         blob's shape for the shape view. A model whose shapes depend on data, or whose
         implementations are missing, is shaped as far as the pass gets; the rest at predict.
         """
-        defaults = self.io.default_inputs()
+        defaults = self.io.default_inputs(self.limits)
         if defaults is None:
             return {}
         scope = self.io.to_blobs(defaults, raw_images=True)
@@ -121,6 +123,16 @@ class Model:
         """Outputs by name, the way coremltools' MLModel.predict answers on macOS."""
         scope = self.trace(inputs)
         return self.io.answer(scope, self._output_blobs.__getitem__)
+
+    def check(self, inputs=None):
+        """Check every custom layer against MLCustomLayer's contract on this model's inputs.
+
+        Runs ``wb.check_layer`` on each custom layer with the values it receives in a run on
+        ``inputs`` (default: seeded random inputs of the model's default shapes); returns a
+        ModelCheck (``.ok``, ``.checks``, ``.problems``). See workbench.testing.
+        """
+        from ..testing.modelcheck import check_model     # here, not at import: testing builds on runtime
+        return check_model(self, inputs)
 
     # ------------------------------------------------------------ live implementations
     def use(self, *sources):

@@ -4,6 +4,7 @@ A plan is a list of steps; each step reads its input blobs from a shared scope (
 its outputs there. Nested networks (loop and branch bodies) are planned the same way and share
 the scope, as Core ML's nested networks share blob names with their parent.
 """
+import inspect
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -11,6 +12,7 @@ import numpy as np
 from ..errors import LayerError, ModelFormatError, UnsupportedLayerError, WorkbenchError
 from . import spec as specmod
 from .layers import KERNELS, Context
+from .limits import check_bytes, check_shape
 from .protocol import LayerGuard
 
 
@@ -39,11 +41,16 @@ class BuiltinStep:
             if self.kernel.uses_scope:
                 self.kernel.run(scope)
                 return
-            result = self.kernel.compute(*[scope[n] for n in self.inputs])
+            # an optional model input left out reaches the kernel as None (recurrent states start at zero)
+            result = self.kernel.compute(*[scope.get(n) for n in self.inputs])
         except WorkbenchError:
             raise
         except KeyboardInterrupt:
             raise
+        except MemoryError as e:
+            raise LayerError(self.model_name, self.name,
+                             f"the built-in {self.kind} kernel ran out of memory ({e}); a smaller "
+                             f"limits={{'max_blob_bytes': N}} makes such a layer fail before allocating") from e
         except Exception as e:
             raise LayerError(self.model_name, self.name,
                              f"the built-in {self.kind} kernel failed: {type(e).__name__}: {e}") from e
@@ -52,8 +59,14 @@ class BuiltinStep:
         if len(result) != len(self.outputs):
             raise LayerError(self.model_name, self.name, f"{self.kind} produced {len(result)} outputs, "
                              f"the layer names {len(self.outputs)}")
+        limits = self.kernel.ctx.limits
         for name, value in zip(self.outputs, result):
-            scope[name] = np.asarray(value, dtype=np.float32)
+            value = np.asarray(value, dtype=np.float32)
+            # after the fact, but before the blob joins the scope: stops growth (a loop that
+            # concatenates onto itself) at the first blob over the limit
+            check_bytes(limits, self.model_name, f"layer '{self.name}'", value.nbytes, f"output '{name}'",
+                        value.shape)
+            scope[name] = value
 
 
 @dataclass
@@ -93,9 +106,10 @@ class CustomStep:
         """__init__ then set_weight_data, once, as Core ML does at load."""
         r = self.record
         instance = self.guard.call("__init__", cls, dict(r.parameters))
-        self.guard.call("set_weight_data", instance.set_weight_data, list(r.weights))
-        r.implementation, r.instance = cls, instance
-        r.input_shapes = r.output_shapes = None
+        self.guard.call_method("set_weight_data", instance, list(r.weights))
+        # one statement, after both calls succeeded: a failure or an interrupt (KeyboardInterrupt)
+        # above leaves the record as it was
+        r.implementation, r.instance, r.input_shapes, r.output_shapes = cls, instance, None, None
 
     def run(self, scope):
         r = self.record
@@ -105,9 +119,14 @@ class CustomStep:
         inputs = [_read_only(scope[n]) for n in self.inputs]
         shapes = [tuple(int(d) for d in x.shape) for x in inputs]
         if shapes != r.input_shapes:
-            declared = self.guard.call("output_shapes", r.instance.output_shapes, [tuple(s) for s in shapes])
-            r.output_shapes = self.guard.check_shapes(declared, len(self.outputs))
-            r.input_shapes = shapes
+            declared = self.guard.call_method("output_shapes", r.instance, [tuple(s) for s in shapes])
+            checked = self.guard.check_shapes(declared, len(self.outputs))
+            for name, shape in zip(self.outputs, checked):      # before np.empty allocates them
+                check_shape(self.runtime.limits, self.runtime.model_name,
+                            f"layer '{r.name}' (custom layer className '{r.class_name}'), in output_shapes",
+                            shape, f"output '{name}'")
+            # the record changes only once output_shapes succeeded and its answer passed the checks
+            r.output_shapes, r.input_shapes = checked, shapes
             r.calls["output_shapes"] += 1
         if self.runtime.shapes_only:
             for name, shape in zip(self.outputs, r.output_shapes):
@@ -115,7 +134,7 @@ class CustomStep:
             return
         outputs = [np.empty(shape, np.float32) for shape in r.output_shapes]
         handed = list(outputs)
-        self.guard.call("evaluate", r.instance.evaluate, inputs, handed)
+        self.guard.call_method("evaluate", r.instance, inputs, handed)
         r.calls["evaluate"] += 1
         for i, (mine, theirs) in enumerate(zip(outputs, handed)):
             if theirs is not mine:
@@ -124,6 +143,18 @@ class CustomStep:
         self.guard.check_outputs(outputs, r.output_shapes)
         for name, value in zip(self.outputs, outputs):
             scope[name] = value
+
+
+def _arity(compute):
+    """(fewest, most) inputs a kernel's ``compute`` accepts, from its signature."""
+    low = high = 0
+    for p in inspect.signature(compute).parameters.values():
+        if p.kind == p.VAR_POSITIONAL:
+            high = 1 << 30
+        elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
+            high += 1
+            low += p.default is p.empty
+    return low, max(low, high)
 
 
 def _read_only(arr):
@@ -142,12 +173,20 @@ class Planner:
                            build_network=self._build_nested, limits=limits)
         self.known = set()
         self.custom_steps = []
+        self.path = []           # names of the layers whose nested networks are being planned
 
     def plan(self, layers, inputs):
         self.known = set(inputs)
         return self._plan_layers(layers)
 
     def _build_nested(self, layers):
+        limit = int(self.ctx.limits["max_nesting_depth"])
+        if len(self.path) > limit:
+            shown = " > ".join(f"'{n}'" for n in self.path[:3])
+            raise ModelFormatError(
+                f"{self.model_name}: layer '{self.path[-1]}' is nested {len(self.path)} networks deep (in {shown} > "
+                f"...), more than the max_nesting_depth limit of {limit}; if the model really needs more, raise "
+                f"the limit with wb.load(..., limits={{'max_nesting_depth': N}})")
         outer = set(self.known)
         net = self._plan_layers(layers)
         self.known = outer | net.produced
@@ -165,13 +204,17 @@ class Planner:
                 if blob not in self.known:
                     raise ModelFormatError(f"{self.model_name}: layer '{name}' ({kind}) reads blob '{blob}', "
                                            f"which no model input or earlier layer produces")
-            if kind == "custom":
-                step = self._custom_step(layer)
-            else:
-                step = self._builtin_step(layer, kind)
+            self.path.append(name)
+            before = set(self.known) if kind in ("branch", "loop") else None
+            try:
+                step = self._custom_step(layer) if kind == "custom" else self._builtin_step(layer, kind)
+            finally:
+                self.path.pop()
             steps.append(step)
             self.known.update(layer.output)
             produced.update(layer.output)
+            if before is not None:   # blobs a nested network writes live in the one scope, outputs too
+                produced.update(self.known - before)
         return Network(steps, produced)
 
     def _builtin_step(self, layer, kind):
@@ -186,6 +229,14 @@ class Planner:
         except Exception as e:
             raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has parameters the "
                                    f"runtime cannot use: {type(e).__name__}: {e}") from e
+        if not kernel_obj.uses_scope:
+            low, high = _arity(kernel_obj.compute)
+            if not low <= len(layer.input) <= high:
+                takes = f"{low}" if low == high else f"{low} to {high}" if high < 1 << 30 else f"{low} or more"
+                raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has "
+                                       f"{len(layer.input)} input(s); this layer kind takes {takes}")
+        if not len(layer.output) and not kernel_obj.uses_scope:   # control flow layers have none
+            raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has no output")
         return BuiltinStep(layer, kernel_obj, self.model_name)
 
     def _custom_step(self, layer):

@@ -97,13 +97,19 @@ class LayerGuard:
         except Exception as e:
             raise self.error(method, f"{type(e).__name__}: {e}{_user_line(e)}") from e
 
+    def call_method(self, method, instance, *args):
+        """``instance.method(*args)``, guarded; a missing method is named like any other failure."""
+        def bound(*a):
+            return getattr(instance, method)(*a)
+        return self.call(method, bound, *args)
+
     def check_shapes(self, shapes, n_outputs):
         """Validate what output_shapes returned: one tuple of positive ints per output."""
         if shapes is None:
             raise self.error("output_shapes", "returned None; it must return a list with one shape per output")
         try:
-            shapes = [tuple(int(d) for d in s) for s in shapes]
-        except (TypeError, ValueError):
+            shapes = [tuple(_dimension(d) for d in s) for s in shapes]
+        except (TypeError, ValueError, OverflowError):
             raise self.error("output_shapes", f"returned {shapes!r}; it must return a list of shapes "
                              f"(tuples of ints), one per output") from None
         if len(shapes) != n_outputs:
@@ -124,6 +130,13 @@ class LayerGuard:
                                  f"declared {tuple(shape)}")
             if out.dtype != np.float32:
                 raise self.error("evaluate", f"outputs[{i}] has dtype {out.dtype}, must stay float32")
+
+
+def _dimension(d):
+    """An int dimension; 3.0 is taken, 2.5, '3' or True are refused (a bug in output_shapes)."""
+    if isinstance(d, (bool, np.bool_, str, bytes)) or int(d) != d:
+        raise ValueError(d)
+    return int(d)
 
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))

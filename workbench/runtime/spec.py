@@ -44,6 +44,10 @@ def _parse(data, name):
     try:
         spec.ParseFromString(data)
     except (DecodeError, RuntimeError, ValueError) as e:
+        if any(w in str(e) for w in ("MaxDepth", "levels of nesting", "recursion")):
+            raise ModelFormatError(f"{name}: the protobuf nests messages deeper than protobuf's recursion "
+                                   f"limit (100 levels: about 30 loop/branch networks inside each other), "
+                                   f"so neither protobuf nor Core ML reads it ({e})") from None
         raise ModelFormatError(f"{name}: not a Core ML model (the protobuf does not parse: {e}); "
                                f"the file may be truncated or of another format") from None
     if spec.specificationVersion == 0 or spec.WhichOneof("Type") is None:

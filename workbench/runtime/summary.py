@@ -32,3 +32,19 @@ def summary(model):
     if missing:
         lines.append("missing implementations: " + ", ".join(missing))
     return "\n".join(lines)
+
+
+def pipeline_summary(model):
+    """A pipeline's own features, then each stage's summary, indented; blobs are '<stage>/<blob>'."""
+    lines = [f"{model.name}: {model.type} of {len(model.stages)} stages, specification version "
+             f"{model.spec_version} (blobs are named '<stage>/<blob>')"]
+    lines.append("inputs:")
+    lines += [f"  {name}: {desc}" for name, desc in model.input_description.items()]
+    lines.append("outputs:")
+    lines += [f"  {name}: {desc}" for name, desc in model.output_description.items()]
+    for stage in model.stages:
+        lines += ["  " + line for line in stage.model.summary().splitlines()]
+    missing = model.missing_implementations()
+    if missing:
+        lines.append("missing implementations (all stages): " + ", ".join(missing))
+    return "\n".join(lines)

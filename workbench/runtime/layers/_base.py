@@ -54,6 +54,11 @@ class Kernel:
         """Decode a WeightParams message to a float32 1-D array (any storage form)."""
         return self.ctx.decode_weights(weight_params, f"{self.name}.{what}", count)
 
+    def check_shape(self, shape, what="output"):
+        """Call before allocating a shape that parameters or input values decide (fill, tile,
+        upsample, ...): a 2^40-element shape fails fast with ResourceLimitError naming this layer."""
+        return self.ctx.check_shape(self.name, shape, what)
+
     def unsupported(self, what):
         return UnsupportedLayerError(f"{self.ctx.model_name}: layer '{self.name}' ({self.kind}): {what}")
 
@@ -79,7 +84,13 @@ class Context:
         self.spec_version = spec_version
         self._decode = decode_weights
         self._build_network = build_network
-        self.limits = limits or {"max_loop_iterations": 1_000_000}
+        from ..limits import DEFAULT_LIMITS
+        self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
+
+    def check_shape(self, layer_name, shape, what="output"):
+        """Refuse a shape (from parameters or data) BEFORE allocating it: see runtime/limits.py."""
+        from ..limits import check_shape
+        return check_shape(self.limits, self.model_name, f"layer '{layer_name}'", shape, what)
 
     def decode_weights(self, weight_params, where, count=None):
         return self._decode(weight_params, f"{self.model_name}: {where}", count)

@@ -10,7 +10,7 @@ import math
 
 import numpy as np
 
-from ...errors import LayerError, ModelFormatError
+from ...errors import LayerError, ModelFormatError, ResourceLimitError
 from ._base import Kernel, kernel
 
 #: |value| above this is true, for branch predicates and loop conditions ("close to 0 is false")
@@ -97,10 +97,9 @@ class Loop(Kernel):
             if bound is not None and iteration >= bound:
                 return
             if iteration >= self.limit:
-                raise LayerError(self.ctx.model_name, self.name,
-                                 f"the loop did not finish within {self.limit} iterations (the "
-                                 f"max_loop_iterations limit); if the model really needs more, raise it "
-                                 f"with wb.load(..., limits={{'max_loop_iterations': N}})")
+                raise ResourceLimitError(self.ctx.model_name, f"layer '{self.name}'",
+                                         f"the loop did not finish within {self.limit} iterations (the "
+                                         f"max_loop_iterations limit)", "max_loop_iterations")
             try:
                 self.body.run(scope)
             except _LoopContinue:

@@ -54,7 +54,7 @@ class ClassicElementwise(_Elementwise):
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
-        self.count = self.require_inputs(1)
+        self.require_inputs(1)
         self.ufunc = self._UFUNC[self.kind]
         self.alpha = np.float32(getattr(self.params, "alpha", 0.0))
 
@@ -68,7 +68,7 @@ class ClassicElementwise(_Elementwise):
             return x.copy()
         out = _fold(self.ufunc, inputs)
         if self.kind == "average":
-            out *= np.float32(1.0 / len(inputs))
+            out /= np.float32(len(inputs))
         return out
 
 

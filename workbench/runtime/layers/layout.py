@@ -48,7 +48,7 @@ class ConcatND(AxisKernel):
 
 @kernel("splitND")
 class SplitND(AxisKernel):
-    """Cut along an axis by splitSizes, or into numSplits equal parts."""
+    """Cut along an axis by splitSizes, or into numSplits parts as equal as they can be."""
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -65,9 +65,11 @@ class SplitND(AxisKernel):
             if sum(self.sizes) != length:
                 raise self.bad_input(f"splitSizes {list(self.sizes)} do not add up to {length}")
             return np.split(x, np.cumsum(self.sizes)[:-1], axis=axis)
-        if length % self.parts:
-            raise self.bad_input(f"axis of length {length} cannot be split into {self.parts} equal parts")
-        return np.split(x, self.parts, axis=axis)
+        if length < self.parts:
+            raise self.bad_input(f"axis of length {length} cannot be split into {self.parts} parts")
+        # The proto "supports unequal splits": the first length % parts parts get one extra element
+        # (coremltools' test_split_nd compares with np.array_split).
+        return np.array_split(x, self.parts, axis=axis)
 
 
 @kernel("stack")

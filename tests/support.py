@@ -1,0 +1,58 @@
+"""Shared test helpers: the corpus beside the checkout, and small models built with coremltools.
+
+A plain module (not conftest.py) so that tests import it by name without colliding with the
+conftest.py files of sub-folders such as tests/conformance.
+"""
+import contextlib
+import io
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+CORPUS = ROOT.parent / "shared" / "corpus"
+LAYERS = ROOT / "layers"
+
+with contextlib.redirect_stderr(io.StringIO()), contextlib.redirect_stdout(io.StringIO()):
+    import coremltools  # noqa: F401  (silence its import-time messages once)
+
+
+def corpus(name):
+    """Path of a corpus model; skips (visibly) where ../shared/corpus is absent, as in a user's clone."""
+    path = CORPUS / name
+    if not path.exists():
+        pytest.skip(f"../shared/corpus/{name} not found (the corpus exists beside the project checkout and in CI)")
+    return path
+
+
+def custom_only_model(class_names, input_shape=(2, 3), exact=True, outputs_per_layer=1, parameters=None,
+                      weights=None):
+    """A chain of custom layers x -> L0 -> L1 ... -> y, built with coremltools' NeuralNetworkBuilder."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    from coremltools.proto import NeuralNetwork_pb2
+
+    builder = NeuralNetworkBuilder([("x", datatypes.Array(*input_shape))], [("y", None)],
+                                   disable_rank5_shape_mapping=exact)
+    previous = "x"
+    for i, name in enumerate(class_names):
+        params = NeuralNetwork_pb2.CustomLayerParams()
+        params.className = name
+        params.description = f"test layer {i}"
+        for key, value in (parameters or {}).items():
+            field = {bool: "boolValue", int: "intValue", float: "doubleValue", str: "stringValue"}[type(value)]
+            setattr(params.parameters[key], field, value)
+        for w in (weights or []):
+            params.weights.add().floatValue.extend(np.asarray(w, np.float32).ravel().tolist())
+        out = "y" if i == len(class_names) - 1 else f"t{i}"
+        builder.add_custom(name=f"layer{i}", input_names=[previous], output_names=[out], custom_proto_spec=params)
+        previous = out
+    return builder.spec
+
+
+def set_shape_range(spec, name, ranges):
+    """Make input ``name`` flexible: ranges is a list of (lower, upper) per dimension."""
+    from coremltools.models.neural_network import flexible_shape_utils
+    flexible_shape_utils.set_multiarray_ndshape_range(
+        spec, name, lower_bounds=[lo for lo, _ in ranges], upper_bounds=[hi for _, hi in ranges])
