@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test install example clean
+.PHONY: lab test conformance install example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -19,6 +19,11 @@ lab: $(STAMP)
 
 test: $(STAMP)
 	$(PY) -m pytest tests --nbval notebooks -q
+
+# coremltools' own layer suites against the runtime, every case (tests/conformance/README.md);
+# `make test` runs a slice of them
+conformance: $(STAMP)
+	$(PY) -m pytest tests/conformance --conformance=full -q -p no:randomly
 
 example: $(STAMP)
 	$(PY) -m workbench.examples.build_example

@@ -17,7 +17,7 @@ import workbench as wb
 from workbench import examples
 from workbench.testing import KINDS
 
-from support import custom_only_model
+from support import corpus, custom_only_model
 
 HERE = Path(__file__).resolve()
 LAYERS = HERE.parents[1] / "layers"
@@ -258,6 +258,18 @@ def test_model_check_on_the_bundled_example_is_clean():
     assert model.check(inputs).ok
 
 
+@pytest.mark.parametrize("name,layers", [("hollance_NeuralMcNeuralNet.mlmodel", ["swish_1"]),
+                                         ("dneprDroid_GridSample_model.mlmodel", ["22"])])
+def test_model_check_on_corpus_models_with_the_shipped_layers(name, layers):
+    model = wb.load(corpus(name), layers=LAYERS)
+    result = model.check()
+    assert result.ok, result.describe()
+    assert [c.layer for c in result] == layers
+    shapes = model.blob_shapes
+    for check, record in zip(result, model.custom_layers):
+        assert check.input_shapes == [shapes[b] for b in record.inputs]      # the model's own shapes
+
+
 def test_model_check_finds_a_faulty_implementation_in_a_real_model():
     model = wb.load(examples.example_path(), layers={"ScaledSwish": WritesInput, "PixelNorm": Identity})
     result = model.check()
@@ -309,5 +321,5 @@ def test_check_model_covers_every_stage_of_a_pipeline():
     assert [c.layer for c in result] == ["model0/custom", "model1/custom"]
     assert result["model0/custom"].ok and result["model1/custom"].kinds == ["mutated-input"]
     assert result["model1/custom"].problems[0].location == line_of("writes-input")
-    given = check_model(model, {"x": np.ones((2, 3), np.float32)})
+    given = model.check({"x": np.ones((2, 3), np.float32)})        # the method, like Model.check
     assert given["model1/custom"].kinds == ["mutated-input"]

@@ -293,3 +293,13 @@ def test_first_divergence_in_a_pipeline_names_the_stage_and_layer():
     d = report.first_divergence
     assert not report.passed and (d.layer, d.blob, d.class_name) == ("model1/custom", "model1/s1", "Negate")
     assert d.input_status == {"model1/s0": "no reference"} and d.max_abs_error == pytest.approx(0.25)
+
+
+def test_a_reference_of_another_shape_is_a_divergence_that_says_so():
+    name, inputs, expected = examples.example_cases(include_intermediates=True)[0]
+    wrong = {"39": expected["39"][:, :8]}                       # half the channels of blob '39'
+    report = wb.run_tests(example_model(), [wb.TestCase(name, inputs, {"logits": expected["logits"]},
+                                                        intermediates=wrong)])
+    d = report.first_divergence
+    assert report.passed and d.blob == "39" and "does not match the expected (1, 8, 16, 16)" in d.describe()
+    assert titles(d.plot()) == ["no values to compare"]

@@ -30,10 +30,18 @@ from .testing import (  # noqa: F401
 
 __version__ = "0.1.0"
 
+
+def __getattr__(name):
+    if name == "Workbench":            # ipywidgets and anywidget load on first use, not on `import workbench`
+        from .widgets import Workbench
+        return Workbench
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 __all__ = [
     "load", "Model", "CustomLayer", "custom_layer",
     "WorkbenchError", "ModelFormatError", "UnsupportedLayerError", "InputError",
     "MissingImplementationError", "LayerError", "ImplementationError", "ResourceLimitError",
     "convert", "CustomOp", "ConversionError", "export_swift", "ExportError",
     "TestCase", "run_tests", "TestReport", "check_layer", "LayerCheck", "save_cases", "load_cases",
+    "Workbench",
 ]

@@ -27,7 +27,7 @@ CASES = ROOT / "tests" / "fuzz_cases"
 MODEL_NAME = "<bytes>"
 
 #: small limits keep each case cheap; the contract is the same under any limits
-FUZZ_LIMITS = {"max_blob_bytes": 256 << 20, "max_loop_iterations": 10_000, "max_nesting_depth": 64}
+FUZZ_LIMITS = {"max_blob_bytes": 1 << 30, "max_loop_iterations": 1000, "max_nesting_depth": 64}
 #: image inputs of seeds are shrunk to at most this many pixels a side: same layers, 100x less work
 MAX_SEED_IMAGE_SIDE = 64
 

@@ -166,7 +166,7 @@ class Model:
         try:
             for step in steps:
                 step.instantiate(classes[step.record.class_name])
-        except WorkbenchError:
+        except BaseException:          # a LayerError, or KeyboardInterrupt in a slow __init__
             for step, (impl, inst, ins, outs) in zip(steps, saved):
                 r = step.record
                 r.implementation, r.instance, r.input_shapes, r.output_shapes = impl, inst, ins, outs

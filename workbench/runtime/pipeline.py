@@ -139,6 +139,11 @@ class PipelineModel:
     def _custom_steps(self):
         return [step for s in self.stages for step in s.model._custom_steps]
 
+    def check(self, inputs=None):
+        """Check every custom layer of every stage against MLCustomLayer's contract (see Model.check)."""
+        from ..testing.modelcheck import check_model     # here, not at import: testing builds on runtime
+        return check_model(self, inputs)
+
     def use(self, *sources):
         """Add or replace implementations in every stage; all stages keep the old ones if any fails."""
         staged = Implementations()

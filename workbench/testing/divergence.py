@@ -90,13 +90,14 @@ class FirstDivergence:
         """True when every input of the layer was compared and agreed: the fault is in this layer."""
         return bool(self.input_status) and all(s == "agrees" for s in self.input_status.values())
 
-    def describe(self):
+    def describe(self, with_case=True):
         what = f"layer '{self.layer}' ({self.kind}" + (f", className {self.class_name}" if self.class_name else "") + ")"
         if self.layer is None:
             what = "the model input"
-        text = (f"case '{self.case}': first divergence at {what}, blob '{self.blob}': "
-                f"{self.comparison.mismatched} of {self.comparison.size} elements outside tolerance, "
-                f"max abs error {self.max_abs_error:.3g}")
+        c = self.comparison
+        found = c.problem if c.max_abs_error is None else (
+            f"{c.mismatched} of {c.size} elements outside tolerance, max abs error {c.max_abs_error:.3g}")
+        text = (f"case '{self.case}': " if with_case else "") + f"first divergence at {what}, blob '{self.blob}': {found}"
         if self.input_status:
             text += "; its inputs: " + ", ".join(f"'{b}' {s}" for b, s in self.input_status.items())
         return text

@@ -217,7 +217,7 @@ def report_html(report):
                 f'<td>{c.rtol:g} / {c.atol:g}</td></tr>')
         notes = []
         if r.first_divergence is not None:
-            notes.append("first divergence: " + e(r.first_divergence.describe().split(": ", 1)[1]))
+            notes.append(e(r.first_divergence.describe(with_case=False)))
         if r.unmatched_references:
             notes.append(f"{len(r.unmatched_references)} reference intermediate(s) match no blob or layer: "
                          + e(", ".join(r.unmatched_references[:8])))

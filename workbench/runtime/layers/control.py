@@ -177,6 +177,7 @@ def _arange(kernel_obj, start, end, step):
         raise LayerError(kernel_obj.ctx.model_name, kernel_obj.name,
                          f"{kernel_obj.kind}: cannot make a range from {start:g} to {end:g} in steps of {step:g}")
     count = max(0, math.ceil((end - start) / step))
+    kernel_obj.check_shape((count,))
     return (start + step * np.arange(count, dtype=np.float64)).astype(np.float32)
 
 

@@ -281,6 +281,14 @@ class _ConvolutionBase(Kernel):
         if any(o < 1 for o in outs):
             raise self._error(f"input of shape {shape} gives an empty output {outs}: "
                               f"the kernel is larger than the (padded) input")
+        # strides, paddings or an outputShape from the file decide these sizes: check before allocating
+        lead = math.prod(shape[:-self.rank - 1])
+        self.check_shape((lead, self.c_out) + tuple(outs))
+        if self.deconv:          # conv_transpose's columns: [N, C_out * kernel, *input sizes]
+            cols = (lead, self.c_out * math.prod(self.kernel_sizes)) + tuple(shape[-self.rank:])
+        else:                    # conv_forward's columns: [N, C_in * kernel, *output sizes]
+            cols = (lead, shape[-self.rank - 1] * math.prod(self.kernel_sizes)) + tuple(outs)
+        self.check_shape(cols, "im2col buffer")
 
 
 @kernel("convolution")

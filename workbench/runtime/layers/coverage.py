@@ -14,6 +14,7 @@ tests/conformance/README.md when it exists: a markdown table whose first column 
 """
 import argparse
 import ast
+import functools
 import inspect
 import re
 import sys
@@ -53,8 +54,12 @@ def runner_of(kind):
     return f"layers/{cls.__module__.rsplit('.', 1)[-1]}.py: {cls.__name__}"
 
 
+@functools.lru_cache(maxsize=None)
 def builder_kinds():
-    """NeuralNetworkBuilder method name -> the layer kinds its source writes (``spec_layer.<kind>``)."""
+    """NeuralNetworkBuilder method name -> the layer kinds its source writes (``spec_layer.<kind>``).
+
+    Parsed once per process (the builder's source is large); treat the answer as read-only.
+    """
     from .._proto import _quiet
     with _quiet():
         from coremltools.models.neural_network import builder

@@ -160,6 +160,7 @@ class OneHot(_IndexingKernel):
 
     def compute(self, indices, depth=None):
         size = self.size if depth is None else int(np.asarray(depth).ravel()[0])
+        self.check_shape(indices.shape + (size,))
         hot = indices.astype(np.int64)[..., None] == np.arange(size)
         out = np.where(hot, self.on, self.off)
         return np.moveaxis(out, -1, self.axis(int(self.params.axis), out.ndim))

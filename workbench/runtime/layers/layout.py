@@ -188,6 +188,8 @@ class Tile(ShapeKernel):
         reps = as_ints(reps) if reps is not None else self.reps
         if not reps or len(reps) > x.ndim:
             raise self.bad_input(f"reps {list(reps)} must have 1 to {x.ndim} entries (the input rank)")
+        lead = x.ndim - len(reps)
+        self.check_shape(x.shape[:lead] + tuple(d * r for d, r in zip(x.shape[lead:], reps)))
         return np.tile(x, reps)
 
 
@@ -222,7 +224,7 @@ class FillStatic(ShapeKernel):
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
-        shape = tuple(int(d) for d in self.params.targetShape) or (1,)
+        shape = self.check_shape(tuple(int(d) for d in self.params.targetShape) or (1,))
         self.value = np.full(shape, self.params.value, dtype=np.float32)
         self.value.flags.writeable = False
 
@@ -235,16 +237,16 @@ class FillDynamic(ShapeKernel):
     """A tensor of the shape held in the input, holding one value."""
 
     def compute(self, shape):
-        return np.full(as_ints(shape), self.params.value, dtype=np.float32)
+        return np.full(self.check_shape(as_ints(shape)), self.params.value, dtype=np.float32)
 
 
 class BroadcastKernel(ShapeKernel):
     def broadcast(self, x, target):
         try:
             shape = np.broadcast_shapes(x.shape, tuple(target))
-            return np.ascontiguousarray(np.broadcast_to(x, shape))
         except ValueError:
             raise self.bad_input(f"cannot broadcast shape {x.shape} to {tuple(target)}") from None
+        return np.ascontiguousarray(np.broadcast_to(x, self.check_shape(shape)))
 
 
 @kernel("broadcastToLike")

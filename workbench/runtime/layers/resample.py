@@ -116,6 +116,8 @@ class Upsample(_SpatialKernel):
 
     def compute(self, x):
         self._check_rank(x)
+        self.check_shape(x.shape[:-2] + tuple(int(np.floor(n * f + 1e-9))
+                                              for n, f in zip(x.shape[-2:], self.factors)))
         y = x
         for axis, factor in zip((-2, -1), self.factors):
             n_in = x.shape[axis]
@@ -142,6 +144,7 @@ class ResizeBilinear(_SpatialKernel):
 
     def compute(self, x):
         self._check_rank(x)
+        self.check_shape(x.shape[:-2] + tuple(self.target))
         y = x
         for axis, n_out in zip((-2, -1), self.target):
             y = lerp_axis(y, axis, sampling_grid(0.0, x.shape[axis] - 1, n_out, self.method))
@@ -195,6 +198,7 @@ class CropResize(_SpatialKernel):
             boxes = boxes[:, 1:]
         else:
             source = images[None]                                      # [1, B, C, H, W]
+        self.check_shape((len(boxes),) + source.shape[1:-2] + tuple(self.target))
         h0, w0, h1, w1 = self._corners(boxes)
         h_scale = (height - 1 if self.normalized else 1) * self.spatial_scale
         w_scale = (width - 1 if self.normalized else 1) * self.spatial_scale
@@ -228,6 +232,7 @@ class Padding(_SpatialKernel):
                     raise self._error(f"reflection padding {b, a} needs an axis longer than the "
                                       f"padding, the input has {n}")
         width = [(0, 0)] * (x.ndim - 2) + list(self.pads)
+        self.check_shape(tuple(n + b + a for n, (b, a) in zip(x.shape, width)))
         if self.mode == "constant":
             return np.pad(x, width, mode="constant", constant_values=self.value)
         return np.pad(x, width, mode=self._NUMPY_MODES[self.mode])
@@ -255,6 +260,7 @@ class ConstantPad(Kernel):
         pairs = [(0, 0)] * (x.ndim - len(amounts) // 2) + list(zip(amounts[::2], amounts[1::2]))
         if self.to_size:
             pairs = [self._to_size(n, b, a) for n, (b, a) in zip(x.shape, pairs)]
+        self.check_shape(tuple(n + b + a for n, (b, a) in zip(x.shape, pairs)))
         return np.pad(x, pairs, mode="constant", constant_values=self.value)
 
     @staticmethod

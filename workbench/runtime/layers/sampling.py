@@ -44,7 +44,7 @@ class _RandomFill(Kernel):
         return tuple(int(n) for n in dims)
 
     def compute(self, *inputs):
-        return self.draw(self.generator(), self.output_shape(inputs))
+        return self.draw(self.generator(), self.check_shape(self.output_shape(inputs)))
 
     def draw(self, rng, shape):
         raise NotImplementedError

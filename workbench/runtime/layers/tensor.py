@@ -224,6 +224,7 @@ class SequenceRepeat(ShapeKernel):
     def compute(self, x):
         x = pad_rank(x, 5)
         reps = (1,) * (x.ndim - 5) + (self.times, 1, 1, 1, 1)
+        self.check_shape(tuple(d * r for d, r in zip(x.shape, reps)))
         return np.tile(x, reps)
 
 
@@ -236,6 +237,7 @@ class LoadConstant(ShapeKernel):
         shape = tuple(int(d) for d in self.params.shape)
         if not 1 <= len(shape) <= 5:
             raise self.bad_params(f"shape must have 3 entries [C, H, W], got {list(shape)}")
+        self.check_shape(shape, "constant")
         count = int(np.prod(shape, dtype=np.int64))
         data = self.weights(self.params.data, "data", count)
         self.value = data.reshape((1,) * (5 - len(shape)) + shape)
@@ -369,7 +371,7 @@ class LoadConstantND(ShapeKernel):
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
-        shape = tuple(int(d) for d in self.params.shape) or (1,)
+        shape = self.check_shape(tuple(int(d) for d in self.params.shape) or (1,), "constant")
         count = int(np.prod(shape, dtype=np.int64))
         self.value = self.weights(self.params.data, "data", count).reshape(shape)
         self.value.flags.writeable = False
