@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test conformance install example clean
+.PHONY: lab test conformance fuzz install example clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -18,12 +18,18 @@ lab: $(STAMP)
 	$(VENV)/bin/jupyter lab notebooks/00-tour.ipynb
 
 test: $(STAMP)
-	$(PY) -m pytest tests --nbval notebooks -q
+	$(PY) -m pytest tests --nbval notebooks --nbval-sanitize-with notebooks/sanitize.cfg -q
 
 # coremltools' own layer suites against the runtime, every case (tests/conformance/README.md);
 # `make test` runs a slice of them
 conformance: $(STAMP)
 	$(PY) -m pytest tests/conformance --conformance=full -q -p no:randomly
+
+# fuzz model files for SECONDS seconds (tests/fuzz/); crashes and report.json go to artifacts/fuzz/;
+# `make test` runs a fixed-seed slice (tests/test_fuzz.py)
+SECONDS ?= 60
+fuzz: $(STAMP)
+	$(PY) -m tests.fuzz --seconds $(SECONDS)
 
 example: $(STAMP)
 	$(PY) -m workbench.examples.build_example

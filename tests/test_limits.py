@@ -177,3 +177,31 @@ def test_nesting_depth_limit_can_be_raised():
     x = np.array([-1, 0.5, 2], np.float32)
     y = wb.load(b.spec, limits={"max_nesting_depth": 80}).predict({"x": x, "c": np.ones(1, np.float32)})["y"]
     np.testing.assert_array_equal(y, np.maximum(x, 0))
+
+
+# ---------------------------------------------------------------- outputs that outgrow their inputs
+# (found by the fuzzer: a gather inserted into a model, indices of an image's shape -> 6 GiB)
+
+def two_inputs(a, b):
+    return NeuralNetworkBuilder([("a", datatypes.Array(*a)), ("b", datatypes.Array(*b))], [("y", None)],
+                                disable_rank5_shape_mapping=True)
+
+
+def test_gather_with_large_indices_fails_before_allocating_the_product():
+    b = two_inputs((2, 65536), (256, 256))
+    b.add_gather("gather", ["a", "b"], "y", axis=0)            # output (256, 256, 65536)
+    model = wb.load(b.spec)
+    inputs = {"a": np.ones((2, 65536), np.float32), "b": np.zeros((256, 256), np.float32)}
+    assert "16.0 GiB" in assert_fails_fast(lambda: model.predict(inputs), "gather")
+    small = {"a": np.arange(8, dtype=np.float32).reshape(2, 4), "b": np.array([[3, 0]], np.float32)}
+    b2 = two_inputs((2, 4), (1, 2))
+    b2.add_gather("gather", ["a", "b"], "y", axis=1)
+    np.testing.assert_array_equal(wb.load(b2.spec).predict(small)["y"], np.take(small["a"], [[3, 0]], axis=1))
+
+
+def test_broadcasting_a_column_with_a_row_fails_before_allocating_the_square():
+    b = two_inputs((65536, 1), (1, 65536))
+    b.add_add_broadcastable("sum", ["a", "b"], "y")
+    model = wb.load(b.spec)
+    inputs = {"a": np.ones((65536, 1), np.float32), "b": np.ones((1, 65536), np.float32)}
+    assert "16.0 GiB" in assert_fails_fast(lambda: model.predict(inputs), "sum")

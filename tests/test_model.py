@@ -123,3 +123,44 @@ def test_corpus_swish_model_loads_without_implementation():
     (record,) = model.custom_layers
     assert record.class_name == "Swish" and record.parameters == {"beta": pytest.approx(0.01)}
     assert record.implementation is None
+
+
+def test_callers_arrays_and_weights_survive_a_layer_that_forces_them_writable():
+    class Vandal(wb.CustomLayer):
+        def set_weight_data(self, weights):
+            self.w = weights[0]
+
+        def evaluate(self, inputs, outputs):
+            for arr in (inputs[0], self.w):
+                base = arr.base if arr.base is not None else arr
+                try:
+                    base.flags.writeable = True
+                    base[...] = -99.0
+                except ValueError:
+                    pass
+            outputs[0][...] = inputs[0]
+
+    x = X.copy()
+    model = wb.load(custom_only_model(["Vandal"], weights=[[1, 2, 3]]), layers=Vandal)
+    model.predict({"x": x})
+    np.testing.assert_array_equal(x, X)                       # the caller's array is untouched
+    assert model.custom_layers[0].weights[0].tolist() == [1, 2, 3]
+
+
+def test_unwritten_output_elements_are_nan():
+    class Lazy(wb.CustomLayer):
+        def evaluate(self, inputs, outputs):
+            outputs[0][0] = inputs[0][0]
+
+    y = wb.load(custom_only_model(["Lazy"]), layers=Lazy).predict({"x": X})["y"]
+    np.testing.assert_array_equal(y[0], X[0])
+    assert np.isnan(y[1]).all()
+
+
+def test_user_line_skips_library_frames():
+    class Reshaper(wb.CustomLayer):
+        def evaluate(self, inputs, outputs):
+            outputs[0][...] = np.reshape(inputs[0], (7, 7))      # numpy raises inside its own code
+
+    with pytest.raises(wb.LayerError, match=r"test_model.py:\d+\)"):
+        wb.load(custom_only_model(["Reshaper"]), layers=Reshaper).predict({"x": X})

@@ -31,7 +31,7 @@ def test_folder_discovery_skips_private_files(tmp_path):
     write(tmp_path / "_helpers.py", "raise RuntimeError('never run')")
     model = wb.load(custom_only_model(["Scale"]), layers=tmp_path)
     np.testing.assert_array_equal(model.predict({"x": X})["y"], 3 * X)
-    assert model.custom_layers[0].implementation.__module__ == "workbench_layers.Scale"
+    assert model.custom_layers[0].implementation.__module__.startswith("workbench_layers.Scale_")
 
 
 def test_module_list_and_mapping_sources():
@@ -112,3 +112,70 @@ def test_file_without_layer_classes(tmp_path):
     write(tmp_path / "empty.py", "x = 1\n")
     with pytest.raises(wb.ImplementationError, match="empty.py: defines no custom layer class"):
         wb.load(custom_only_model(["Scale"]), layers=tmp_path / "empty.py")
+
+
+def test_reload_picks_up_new_files_and_drops_deleted_ones(tmp_path):
+    write(tmp_path / "Scale.py", SCALE_FILE.format(factor=2))
+    model = wb.load(custom_only_model(["Scale", "Shift"]), layers=tmp_path)
+    assert model.missing_implementations() == ["Shift"]
+    write(tmp_path / "Shift.py", "import workbench as wb\n\nclass Shift(wb.CustomLayer):\n"
+                                 "    def evaluate(self, inputs, outputs):\n        outputs[0][...] = inputs[0] + 1\n")
+    assert model.reload() == ["Shift"]
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], 2 * X + 1)
+    (tmp_path / "Scale.py").unlink()
+    assert model.reload() == ["Scale"]
+    assert model.missing_implementations() == ["Scale"]
+
+
+def test_two_files_with_one_class_name_are_refused(tmp_path):
+    write(tmp_path / "Scale.py", SCALE_FILE.format(factor=2))
+    write(tmp_path / "Scale2.py", SCALE_FILE.format(factor=3))
+    with pytest.raises(wb.ImplementationError, match="defines className 'Scale', which .*Scale.py defines too"):
+        wb.load(custom_only_model(["Scale"]), layers=tmp_path)
+
+
+def test_helper_modules_in_a_folder_are_allowed(tmp_path):
+    write(tmp_path / "Scale.py", SCALE_FILE.format(factor=2))
+    write(tmp_path / "constants.py", "FACTOR = 2\n")
+    model = wb.load(custom_only_model(["Scale"]), layers=tmp_path)
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], 2 * X)
+
+
+def test_a_subclass_implements_its_own_class_name(tmp_path):
+    write(tmp_path / "layers.py", '''
+import workbench as wb
+
+@wb.custom_layer("Scale")
+class Doubling(wb.CustomLayer):
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = 2 * inputs[0]
+
+class Tripling(Doubling):
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = 3 * inputs[0]
+''')
+    model = wb.load(custom_only_model(["Scale", "Tripling"]), layers=tmp_path / "layers.py")
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], 6 * X)
+    assert [r.implementation.__name__ for r in model.custom_layers] == ["Doubling", "Tripling"]
+    assert "Scale" not in wb.runtime.registry.GLOBAL or wb.runtime.registry.GLOBAL["Scale"].__name__ != "Doubling"
+
+
+def test_layer_files_support_dataclasses_and_getsource(tmp_path):
+    import inspect
+    write(tmp_path / "Scale.py", '''
+from __future__ import annotations
+from dataclasses import dataclass
+import workbench as wb
+
+@dataclass
+class Factor:
+    value: float
+
+class Scale(wb.CustomLayer):
+    factor = Factor(4.0)
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = inputs[0] * self.factor.value
+''')
+    model = wb.load(custom_only_model(["Scale"]), layers=tmp_path)
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], 4 * X)
+    assert "self.factor.value" in inspect.getsource(model.custom_layers[0].implementation)

@@ -60,7 +60,10 @@ def _run(args):
         if not path.is_file():
             raise InputError(f"--input {name}: no file '{file}'")
         if path.suffix.lower() == ".npy":
-            inputs[name] = np.load(path, allow_pickle=False)
+            try:
+                inputs[name] = np.load(path, allow_pickle=False)
+            except (ValueError, OSError) as e:
+                raise InputError(f"--input {name}: '{file}' is not a readable numeric .npy file ({e})") from None
         else:
             from PIL import Image
             try:

@@ -46,7 +46,7 @@ class Outcome:
     @property
     def pattern(self):
         """The message with names and numbers blotted out: errors of one kind share a pattern."""
-        text = re.sub(r"'[^']*'", "'_'", self.message)
+        text = re.sub(r"'[^' ]*'", "'_'", self.message)
         text = re.sub(r"\([^()]{40,}\)", "(...)", text)
         text = re.sub(r"-?\d+(\.\d+)?(e[-+]?\d+)?", "N", text)
         return f"{self.error_type}: {text[:160]}"

@@ -33,7 +33,10 @@ class Fuzzer:
         """The property: one case either passes or raises AssertionError describing the crash."""
         if time.time() > deadline:
             return
-        data = mutations.build(case, self.seeds, sorted(self.layers))
+        try:
+            data = mutations.build(case, self.seeds, sorted(self.layers))
+        except (ValueError, TypeError, OverflowError):
+            return                    # a mutation protobuf refused (a value out of a field's range)
         if self.shrinking_since and time.time() - self.shrinking_since > self.shrink_seconds \
                 and _digest(data) not in self.failing:
             return                    # shrink budget spent: only the failures seen still fail

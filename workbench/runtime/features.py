@@ -31,6 +31,9 @@ class FeatureIO:
             if name not in images:
                 raise ModelFormatError(f"{self.model_name}: preprocessing names feature '{p.featureName}', "
                                        f"which is not an image input")
+            if name in out:
+                raise ModelFormatError(f"{self.model_name}: image input '{name}' has two preprocessing "
+                                       f"entries; Core ML takes one (a scaler or a mean image) per image")
             out[name] = p
         return out
 
@@ -90,7 +93,7 @@ class FeatureIO:
 
     def _array_blob(self, f, value):
         try:
-            arr = np.asarray(value, dtype=np.float32)
+            arr = np.array(value, dtype=np.float32)      # a copy: no layer can reach the caller's array
         except (TypeError, ValueError) as e:
             raise InputError(f"{self.model_name}: input '{f.name}' is not numeric: {e}") from None
         declared = specmod.array_shape(f)
@@ -114,14 +117,16 @@ class FeatureIO:
         space = f.type.imageType.colorSpace
         channels = self._image_channels(f)
         if hasattr(value, "convert") and hasattr(value, "size"):        # PIL image
-            size = specmod.image_size(f)
             check_image_size(self.model_name, f, value.size)
-            img = value.convert("L" if channels == 1 else "RGB")
+            mode = "F" if space == GRAYSCALE_FLOAT16 else "L" if channels == 1 else "RGB"
+            try:
+                img = value.convert(mode)
+            except OSError as e:                                      # PIL decodes lazily
+                raise InputError(f"{self.model_name}: image input '{f.name}' cannot be decoded: {e}") from None
             arr = np.asarray(img, dtype=np.float32)
             arr = arr[None] if channels == 1 else arr.transpose(2, 0, 1)
             if space == BGR:
                 arr = arr[::-1]
-            del size
         elif raw:
             arr = np.asarray(value, dtype=np.float32)
             if arr.ndim != 3 or arr.shape[0] != channels:
@@ -191,6 +196,8 @@ class FeatureIO:
     def _image_out(self, f, arr):
         from PIL import Image
         chw = arr.reshape(arr.shape[-3:])
+        if f.type.imageType.colorSpace == GRAYSCALE_FLOAT16:      # a float image: no clipping, no rounding
+            return Image.fromarray(np.ascontiguousarray(chw[0], dtype=np.float32), mode="F")
         pixels = np.clip(np.rint(chw), 0, 255).astype(np.uint8)
         if pixels.shape[0] == 1:
             return Image.fromarray(pixels[0], mode="L")

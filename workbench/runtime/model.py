@@ -7,6 +7,7 @@ from . import spec as specmod
 from .features import FeatureIO
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
 from .plan import Planner
+from .live import LiveImplementations
 from .registry import Implementations
 
 
@@ -25,7 +26,7 @@ def load(source, layers=None, limits=None):
     return Model(spec, name=name, path=path, layers=layers, limits=limits)
 
 
-class Model:
+class Model(LiveImplementations):
     """A loaded, planned Core ML neural network. Build with ``wb.load``."""
 
     def __init__(self, spec, name="<model>", path=None, layers=None, limits=None):
@@ -133,44 +134,6 @@ class Model:
         """
         from ..testing.modelcheck import check_model     # here, not at import: testing builds on runtime
         return check_model(self, inputs)
-
-    # ------------------------------------------------------------ live implementations
-    def use(self, *sources):
-        """Add or replace implementations (classes, files, folders, modules, mappings) in this model.
-
-        Each affected layer runs ``__init__`` and ``set_weight_data`` again, and ``output_shapes``
-        at the next prediction. If any of them fails, every layer keeps its previous implementation.
-        """
-        staged = Implementations()
-        for source in sources:
-            staged.add_source(source)
-        self._swap(staged.classes)
-        self.implementations.classes.update(staged.classes)
-        self.implementations.files.update(staged.files)
-
-    def reload(self):
-        """Recompile implementation files changed on disk; return the classNames replaced."""
-        staged = Implementations()
-        for path in self.implementations.changed_files():
-            staged.load_file(path)
-        if staged.classes:
-            self._swap(staged.classes)
-            self.implementations.classes.update(staged.classes)
-            self.implementations.files.update(staged.files)
-        return sorted(staged.classes)
-
-    def _swap(self, classes):
-        steps = [s for s in self._custom_steps if s.record.class_name in classes]
-        saved = [(s.record.implementation, s.record.instance, s.record.input_shapes, s.record.output_shapes)
-                 for s in steps]
-        try:
-            for step in steps:
-                step.instantiate(classes[step.record.class_name])
-        except BaseException:          # a LayerError, or KeyboardInterrupt in a slow __init__
-            for step, (impl, inst, ins, outs) in zip(steps, saved):
-                r = step.record
-                r.implementation, r.instance, r.input_shapes, r.output_shapes = impl, inst, ins, outs
-            raise
 
     # ------------------------------------------------------------ description
     @property

@@ -19,6 +19,7 @@ import numpy as np
 
 from ..errors import InputError, MissingImplementationError, ModelFormatError, UnsupportedLayerError, WorkbenchError
 from . import spec as specmod
+from .live import LiveImplementations
 from .registry import Implementations
 
 PIPELINE_TYPES = ("pipeline", "pipelineClassifier", "pipelineRegressor")
@@ -53,7 +54,7 @@ class Stage:
         return f"<Stage {self.index} {self.name!r}: {self.kind}>"
 
 
-class PipelineModel:
+class PipelineModel(LiveImplementations):
     """A loaded pipeline of neural networks, with Model's public contract. Build with ``wb.load``."""
 
     def __init__(self, spec, name="<model>", path=None, layers=None, limits=None):
@@ -144,38 +145,7 @@ class PipelineModel:
         from ..testing.modelcheck import check_model     # here, not at import: testing builds on runtime
         return check_model(self, inputs)
 
-    def use(self, *sources):
-        """Add or replace implementations in every stage; all stages keep the old ones if any fails."""
-        staged = Implementations()
-        for source in sources:
-            staged.add_source(source)
-        self._swap(staged.classes)
-        self.implementations.classes.update(staged.classes)
-        self.implementations.files.update(staged.files)
-
-    def reload(self):
-        """Recompile implementation files changed on disk; return the classNames replaced."""
-        staged = Implementations()
-        for path in self.implementations.changed_files():
-            staged.load_file(path)
-        if staged.classes:
-            self._swap(staged.classes)
-            self.implementations.classes.update(staged.classes)
-            self.implementations.files.update(staged.files)
-        return sorted(staged.classes)
-
-    def _swap(self, classes):
-        steps = [s for s in self._custom_steps if s.record.class_name in classes]
-        saved = [(s.record.implementation, s.record.instance, s.record.input_shapes, s.record.output_shapes)
-                 for s in steps]
-        try:
-            for step in steps:
-                step.instantiate(classes[step.record.class_name])
-        except WorkbenchError:
-            for step, (impl, inst, ins, outs) in zip(steps, saved):
-                r = step.record
-                r.implementation, r.instance, r.input_shapes, r.output_shapes = impl, inst, ins, outs
-            raise
+    def _swapped(self, classes):
         for stage in self.stages:
             _add_classes(stage.model, classes)
 

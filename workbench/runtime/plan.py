@@ -4,6 +4,7 @@ A plan is a list of steps; each step reads its input blobs from a shared scope (
 its outputs there. Nested networks (loop and branch bodies) are planned the same way and share
 the scope, as Core ML's nested networks share blob names with their parent.
 """
+import functools
 import inspect
 from dataclasses import dataclass, field
 
@@ -31,12 +32,18 @@ class Network:
 class BuiltinStep:
     """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
 
-    def __init__(self, layer, kernel_obj, model_name):
+    def __init__(self, layer, kernel_obj, model_name, runtime=None):
         self.name, self.kind = layer.name, layer.WhichOneof("layer")
         self.inputs, self.outputs = list(layer.input), list(layer.output)
         self.kernel, self.model_name = kernel_obj, model_name
+        self.runtime = runtime
+        # kernels whose output shapes follow from input shapes skip their compute in the load-time pass
+        self.shape_rule = getattr(kernel_obj, "output_shapes", None)
 
     def run(self, scope):
+        if self.shape_rule is not None and self.runtime is not None and self.runtime.shapes_only \
+                and self._shapes_only(scope):
+            return
         try:
             if self.kernel.uses_scope:
                 self.kernel.run(scope)
@@ -67,6 +74,28 @@ class BuiltinStep:
             check_bytes(limits, self.model_name, f"layer '{self.name}'", value.nbytes, f"output '{name}'",
                         value.shape)
             scope[name] = value
+
+    def _shapes_only(self, scope):
+        """Load-time shape pass: zeros of the shapes the kernel's rule gives, without computing.
+        Returns False (run the kernel instead) when the rule cannot answer, so every error the
+        kernel would raise is still the kernel's own."""
+        shapes = [None if v is None else tuple(v.shape) for v in (scope.get(n) for n in self.inputs)]
+        try:
+            declared = self.shape_rule(shapes)
+        except Exception:
+            return False
+        if declared is None or len(declared) != len(self.outputs):
+            return False
+        for name, shape in zip(self.outputs, declared):
+            check_shape(self.kernel.ctx.limits, self.model_name, f"layer '{self.name}'", shape, f"output '{name}'")
+        for name, shape in zip(self.outputs, declared):
+            # a read-only zero of that shape, no memory behind it: kernels that run on it allocate
+            # their own outputs, and the pass only looks at shapes
+            scope[name] = np.broadcast_to(_ZERO, tuple(int(d) for d in shape))
+        return True
+
+
+_ZERO = np.zeros((), np.float32)
 
 
 @dataclass
@@ -106,7 +135,8 @@ class CustomStep:
         """__init__ then set_weight_data, once, as Core ML does at load."""
         r = self.record
         instance = self.guard.call("__init__", cls, dict(r.parameters))
-        self.guard.call_method("set_weight_data", instance, list(r.weights))
+        # fresh read-only copies each time: a layer that forces a weight writable cannot leak into the next
+        self.guard.call_method("set_weight_data", instance, [_frozen_copy(w) for w in r.weights])
         # one statement, after both calls succeeded: a failure or an interrupt (KeyboardInterrupt)
         # above leaves the record as it was
         r.implementation, r.instance, r.input_shapes, r.output_shapes = cls, instance, None, None
@@ -116,6 +146,10 @@ class CustomStep:
         if r.instance is None:
             from ..errors import MissingImplementationError
             raise MissingImplementationError(self.runtime.model_name, [r.class_name])
+        missing = [n for n in self.inputs if n not in scope]
+        if missing:
+            raise self.guard.error("evaluate", f"input blob(s) {', '.join(missing)} have no value in this "
+                                   f"prediction (an optional model input left out, or a branch not taken)")
         inputs = [_read_only(scope[n]) for n in self.inputs]
         shapes = [tuple(int(d) for d in x.shape) for x in inputs]
         if shapes != r.input_shapes:
@@ -132,7 +166,8 @@ class CustomStep:
             for name, shape in zip(self.outputs, r.output_shapes):
                 scope[name] = np.zeros(shape, np.float32)
             return
-        outputs = [np.empty(shape, np.float32) for shape in r.output_shapes]
+        # NaN, not leftover memory: an element evaluate never writes is obvious in the output
+        outputs = [np.full(shape, np.nan, np.float32) for shape in r.output_shapes]
         handed = list(outputs)
         self.guard.call_method("evaluate", r.instance, inputs, handed)
         r.calls["evaluate"] += 1
@@ -146,15 +181,28 @@ class CustomStep:
 
 
 def _arity(compute):
-    """(fewest, most) inputs a kernel's ``compute`` accepts, from its signature."""
+    """(fewest, most) inputs a kernel's ``compute`` accepts, from its signature (once per function:
+    inspect.signature costs more than planning the layer)."""
+    return _function_arity(getattr(compute, "__func__", compute), hasattr(compute, "__func__"))
+
+
+@functools.lru_cache(maxsize=None)
+def _function_arity(function, bound):
+    parameters = list(inspect.signature(function).parameters.values())[1 if bound else 0:]
     low = high = 0
-    for p in inspect.signature(compute).parameters.values():
+    for p in parameters:
         if p.kind == p.VAR_POSITIONAL:
             high = 1 << 30
         elif p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD):
             high += 1
             low += p.default is p.empty
     return low, max(low, high)
+
+
+def _frozen_copy(arr):
+    copy = np.array(arr, dtype=np.float32)
+    copy.flags.writeable = False
+    return copy
 
 
 def _read_only(arr):
@@ -237,7 +285,7 @@ class Planner:
                                        f"{len(layer.input)} input(s); this layer kind takes {takes}")
         if not len(layer.output) and not kernel_obj.uses_scope:   # control flow layers have none
             raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has no output")
-        return BuiltinStep(layer, kernel_obj, self.model_name)
+        return BuiltinStep(layer, kernel_obj, self.model_name, self.runtime)
 
     def _custom_step(self, layer):
         p = layer.custom

@@ -6,6 +6,7 @@ input shapes change, ``evaluate(inputs, outputs)`` on each prediction with preal
 Every call goes through ``call_guarded`` so a failure names the model, layer, className and method.
 """
 import os
+import sysconfig
 
 import numpy as np
 
@@ -35,6 +36,7 @@ class CustomLayer:
         self.weights = list(weights)
 
     def output_shapes(self, input_shapes):
+        """Default: one output per input, of the same shape. Override for any other layer."""
         return [tuple(s) for s in input_shapes]
 
     def evaluate(self, inputs, outputs):
@@ -42,8 +44,12 @@ class CustomLayer:
 
 
 def class_name_of(cls):
-    """The Core ML className a Python class implements."""
-    return getattr(cls, "class_name", None) or cls.__name__
+    """The Core ML className a Python class implements.
+
+    Read from the class itself, not inherited: a subclass of ``@custom_layer("Swish")`` (say, a
+    debugging variant) implements its own name unless it is decorated too.
+    """
+    return cls.__dict__.get("class_name") or cls.__name__
 
 
 def custom_layer(class_name=None):
@@ -55,8 +61,9 @@ def custom_layer(class_name=None):
     def mark(cls):
         cls.class_name = class_name if isinstance(class_name, str) else cls.__name__
         cls.__workbench_custom_layer__ = True
-        from .registry import register_global
-        register_global(cls)
+        if not cls.__module__.startswith("workbench_layers."):   # layer files serve only their model
+            from .registry import register_global
+            register_global(cls)
         return cls
     if isinstance(class_name, type):
         cls, class_name = class_name, None
@@ -73,7 +80,7 @@ def is_implementation(obj):
         return False
     if obj is CustomLayer:
         return False
-    if getattr(obj, "__workbench_custom_layer__", False):
+    if obj.__dict__.get("__workbench_custom_layer__", False):
         return True
     return issubclass(obj, CustomLayer)
 
@@ -140,14 +147,24 @@ def _dimension(d):
 
 
 _RUNTIME_DIR = os.path.dirname(os.path.abspath(__file__))
+# numpy, torch and the standard library are never "the user's line", even when they raise
+_LIBRARY_DIRS = tuple(sorted({os.path.abspath(p) + os.sep for key in ("stdlib", "platstdlib", "purelib", "platlib")
+                              if (p := sysconfig.get_paths().get(key))}))
 
 
 def _user_line(exc):
-    """' (at file:line)' for the innermost traceback frame outside the runtime (the user's code)."""
-    tb, where = exc.__traceback__, None
+    """' (at file:line)' for the innermost traceback frame in the user's code.
+
+    That is the innermost frame outside the runtime and outside installed libraries; failing
+    that, the innermost frame outside the runtime.
+    """
+    tb, user, outside = exc.__traceback__, None, None
     while tb is not None:
-        filename = tb.tb_frame.f_code.co_filename
-        if not os.path.abspath(filename).startswith(_RUNTIME_DIR + os.sep):
-            where = f"{filename}:{tb.tb_lineno}"
+        filename = os.path.abspath(tb.tb_frame.f_code.co_filename)
+        if not filename.startswith(_RUNTIME_DIR + os.sep):
+            outside = f"{tb.tb_frame.f_code.co_filename}:{tb.tb_lineno}"
+            if not filename.startswith(_LIBRARY_DIRS):
+                user = outside
         tb = tb.tb_next
+    where = user or outside
     return f" (at {where})" if where else ""

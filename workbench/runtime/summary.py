@@ -1,4 +1,6 @@
 """A plain-text description of a loaded model: what `workbench inspect` prints and notebooks show."""
+import os
+import sys
 from collections import Counter
 
 
@@ -16,8 +18,7 @@ def summary(model):
     else:
         lines.append(f"custom layers: {len(model.custom_layers)}")
     for r in model.custom_layers:
-        impl = (f"implemented by {r.implementation.__module__}.{r.implementation.__name__}"
-                if r.implementation else "MISSING implementation")
+        impl = f"implemented by {_where(r.implementation)}" if r.implementation else "MISSING implementation"
         lines.append(f"  {r.name}: className {r.class_name} ({impl})")
         if r.description:
             lines.append(f"    description: {r.description}")
@@ -48,3 +49,11 @@ def pipeline_summary(model):
     if missing:
         lines.append("missing implementations (all stages): " + ", ".join(missing))
     return "\n".join(lines)
+
+
+def _where(cls):
+    """'Name in File.py' for classes from layer files, 'Name in module' otherwise (stable across machines)."""
+    file = getattr(sys.modules.get(cls.__module__), "__file__", None)
+    if cls.__module__.startswith("workbench_layers.") and file:
+        return f"{cls.__name__} in {os.path.basename(file)}"
+    return f"{cls.__name__} in {cls.__module__}"

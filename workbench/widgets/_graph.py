@@ -8,6 +8,7 @@ current spec (written to a temporary .mlmodel), and serves it again after every 
 """
 import datetime
 import html
+import logging
 import re
 import socket
 import tempfile
@@ -19,6 +20,7 @@ import ipywidgets as W
 from ._common import ErrorArea
 
 HOST = "127.0.0.1"
+logging.getLogger("netron.server").setLevel(logging.WARNING)       # not "Serving ..." on every edit
 CONSENT_DAYS = 30
 
 
@@ -48,19 +50,20 @@ def _unblocking_handler(base):
 
 
 def serve_spec(spec, name, address, folder):
-    """Serve ``spec`` (a Model_pb2.Model) with Netron at ``address`` (re-serving replaces); return the URL."""
+    """Serve ``spec`` (a Model_pb2.Model) with Netron at ``address``; return the URL."""
     import netron
     import netron.server as netron_server
 
     path = Path(folder) / (Path(name).stem + ".mlmodel")
     path.write_bytes(spec.SerializeToString())
     netron.start(str(path), address=address, browse=False)
-    # Netron's own server class has no option for these; a subclass of its handler adds them.
+    # Netron's server has no option for these; a subclass of its handler per server adds them, and
+    # holds this server's content (Netron keeps it on its one handler class, shared by all servers).
     for thread in netron_server._threads(address):
-        handler = thread.server.RequestHandlerClass
-        if not getattr(handler, "_workbench_unblocking", False):
-            thread.server.RequestHandlerClass = _unblocking_handler(handler)
-            thread.server.RequestHandlerClass._workbench_unblocking = True
+        base = thread.server.RequestHandlerClass
+        handler = _unblocking_handler(base)
+        handler.content = base.content
+        thread.server.RequestHandlerClass = handler
     return f"http://{address[0]}:{address[1]}/"
 
 
@@ -72,11 +75,11 @@ def stop_serving(address):
 class GraphView(W.VBox):
     """Netron in an IFrame, showing the session's model; served again after each change."""
 
-    def __init__(self, session, height=640, port=None, **kwargs):
+    def __init__(self, session, height=640, **kwargs):
         self.session = session
         self.errors = ErrorArea()
         self.height = height
-        self.address = (HOST, port or free_port())
+        self.address = None
         self.folder = tempfile.mkdtemp(prefix="workbench-netron-")
         self.frame = W.HTML()
         self.reload_button = W.Button(description="Serve again", icon="refresh")
@@ -90,8 +93,14 @@ class GraphView(W.VBox):
         self.errors.guard(self.serve)()
 
     def serve(self):
-        """Serve the current spec and point the IFrame at it (a new query string reloads the frame)."""
+        """Serve the current spec on a fresh port, point the IFrame at it, stop the previous server.
+
+        (Netron restarting on the port it just closed can find it still taken.)
+        """
+        previous, self.address = self.url and self.address, (HOST, free_port())
         self.url = serve_spec(self.session.model.spec, self.session.model.name, self.address, self.folder)
+        if previous:
+            stop_serving(previous)
         self.generation += 1
         src = f"{self.url}?workbench={self.generation}"
         self.frame.value = (f'<iframe class="workbench-netron" src="{html.escape(src)}" '
@@ -100,7 +109,8 @@ class GraphView(W.VBox):
         return self.url
 
     def close(self):
-        stop_serving(self.address)
+        if self.address:
+            stop_serving(self.address)
         super().close()
 
     def __repr__(self):

@@ -3,7 +3,7 @@ import html
 
 import ipywidgets as W
 
-from ._common import ErrorArea, fmt, table_html
+from ._common import ErrorArea, table_html
 from ._facts import layer_details, layer_rows
 
 
@@ -87,4 +87,4 @@ class Inspector(W.VBox):
         return f"<workbench Inspector {self.model.name!r}: {len(self.rows)} layers, selected {self.layer_list.value!r}>"
 
 
-__all__ = ["Inspector", "details_html", "fmt"]
+__all__ = ["Inspector", "details_html"]

@@ -7,7 +7,7 @@ import html
 
 import ipywidgets as W
 
-from ._common import Deferred, ErrorArea, fmt, image_of, table_html
+from ._common import Deferred, ErrorArea, image_of, table_html
 
 PASS_STYLE = "background:#e6f4ea;color:#137333"
 FAIL_STYLE = "background:#fce8e6;color:#a50e0e"
@@ -44,8 +44,11 @@ class TestRunner(Deferred, W.VBox):
         self.divergence = W.HTML()
         self.plot = W.Box(layout=W.Layout(width="100%"))
         self.run_button.on_click(self.errors.guard(lambda _: self.run()))
-        self.case_choice.observe(self.errors.guard(lambda _: self._case_selected()), names="value")
-        self.output_choice.observe(self.errors.guard(lambda _: self.draw_plot()), names="value")
+        self._quiet = False
+        self.case_choice.observe(self.errors.guard(lambda _: None if self._quiet else self._case_selected()),
+                                 names="value")
+        self.output_choice.observe(self.errors.guard(lambda _: None if self._quiet else self.draw_plot()),
+                                   names="value")
         super().__init__([W.HBox([self.run_button, self.progress, self.progress_label]), self.summary, self.table,
                           W.HBox([self.case_choice, self.output_choice]), self.divergence, self.plot,
                           self.errors], **kwargs)
@@ -80,7 +83,7 @@ class TestRunner(Deferred, W.VBox):
         passed = sum(r.passed for r in report.results)
         style = PASS_STYLE if report.passed else FAIL_STYLE
         self.summary.value = (f"<div class='workbench-test-summary' style='{style};padding:4px'>"
-                              f"{passed} of {len(report.results)} case(s) passed</div>")
+                              f"{'PASS' if report.passed else 'FAIL'}: {passed} of {len(report.results)} case(s) passed</div>")
         rows = report_rows(report)
         self.table.value = table_html(["case", "output", "verdict", "max abs error", "max rel error", "mismatched"],
                                       rows, css_class="workbench-test-table",
@@ -88,10 +91,12 @@ class TestRunner(Deferred, W.VBox):
         names = [r.name for r in report.results]
         first_failing = report.failed[0].name if report.failed else (names[0] if names else None)
         keep = self.case_choice.value if self.case_choice.value in names else first_failing
-        self.case_choice.unobserve_all("value")
-        self.case_choice.options = names
-        self.case_choice.value = keep
-        self.case_choice.observe(self.errors.guard(lambda _: self._case_selected()), names="value")
+        self._quiet = True                   # one redraw below, not one per trait set here
+        try:
+            self.case_choice.options = names
+            self.case_choice.value = keep
+        finally:
+            self._quiet = False
         self._case_selected()
 
     def _case_selected(self):
@@ -99,10 +104,12 @@ class TestRunner(Deferred, W.VBox):
         outputs = list(result.outputs) if result is not None else []
         keep = self.output_choice.value if self.output_choice.value in outputs else (
             result.worst_output if result is not None else None)
-        self.output_choice.unobserve_all("value")
-        self.output_choice.options = outputs
-        self.output_choice.value = keep
-        self.output_choice.observe(self.errors.guard(lambda _: self.draw_plot()), names="value")
+        self._quiet = True
+        try:
+            self.output_choice.options = outputs
+            self.output_choice.value = keep
+        finally:
+            self._quiet = False
         self.draw_plot()
 
     def draw_plot(self):
@@ -139,4 +146,4 @@ class TestRunner(Deferred, W.VBox):
         return f"<workbench TestRunner: {len(self.session.cases)} case(s), {state}>"
 
 
-__all__ = ["TestRunner", "report_rows", "fmt"]
+__all__ = ["TestRunner", "report_rows"]

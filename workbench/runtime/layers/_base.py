@@ -59,8 +59,17 @@ class Kernel:
         upsample, ...): a 2^40-element shape fails fast with ResourceLimitError naming this layer."""
         return self.ctx.check_shape(self.name, shape, what)
 
+    # ``output_shapes(input_shapes) -> [shape, ...]`` (optional): the kernel's output shapes from its
+    # input shapes (None for an absent optional input). The load-time shape pass uses it instead of
+    # computing; returning None (or not defining it) means "run me to find out".
+
     def unsupported(self, what):
         return UnsupportedLayerError(f"{self.ctx.model_name}: layer '{self.name}' ({self.kind}): {what}")
+
+
+def same_shape(kernel_obj, shapes):
+    """The shape rule of element-wise kernels: one output of the first input's shape."""
+    return [shapes[0]] if shapes and shapes[0] is not None else None
 
 
 def as_float32(x):

@@ -8,7 +8,7 @@ Every kernel here maps one float32 array to one of the same shape. Per-channel p
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import Kernel, kernel
+from ._base import Kernel, kernel, same_shape
 
 
 def _quiet():
@@ -93,6 +93,10 @@ class Activation(Kernel):
             self.alpha = _channel_vector(self, self.weights(p.alpha, "alpha"), "alpha")
             self.beta = _channel_vector(self, self.weights(p.beta, "beta"), "beta")
         self.compute = getattr(self, "_" + self.nonlinearity)
+        if self.nonlinearity in ("PReLU", "parametricSoftplus"):    # per-channel: let compute check C
+            self.output_shapes = None
+
+    output_shapes = same_shape
 
     def _linear(self, x):
         return x * np.float32(self.alpha) + np.float32(self.beta)
@@ -158,6 +162,8 @@ _UNARY = {
 class Unary(Kernel):
     """y = f(scale * x + shift); scale 0 means 1 and epsilon 0 means 1e-6, as the proto says."""
 
+    output_shapes = same_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         p = self.params
@@ -181,18 +187,23 @@ class Unary(Kernel):
 class Clip(Kernel):
     """min(max(x, minVal), maxVal), in that order: when minVal > maxVal every output is maxVal."""
 
+    output_shapes = same_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         self.low = np.float32(self.params.minVal)
         self.high = np.float32(self.params.maxVal)
 
     def compute(self, x):
-        return np.minimum(np.maximum(x, self.low), self.high)
+        y = np.maximum(x, self.low)
+        return np.minimum(y, self.high, out=y)
 
 
 @kernel("clampedReLU")
 class ClampedReLU(Kernel):
     """min(beta, x) for x >= 0, min(beta, alpha * x) below: a leaky ReLU capped at beta."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -210,6 +221,8 @@ _SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
 @kernel("gelu")
 class Gelu(Kernel):
     """GELU in the three forms the proto names: exact (erf), tanh and sigmoid approximations."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -234,6 +247,8 @@ class Gelu(Kernel):
 
 @kernel("erf")
 class Erf(Kernel):
+    output_shapes = same_shape
+
     def compute(self, x):
         return erf(x)
 
@@ -259,6 +274,8 @@ _SIMPLE = {
 @kernel(*_SIMPLE)
 class SimpleUnary(Kernel):
     """A parameterless element-wise function; out-of-domain inputs give NaN/inf, without warnings."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)

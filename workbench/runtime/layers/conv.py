@@ -92,14 +92,15 @@ def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes):
     n, channels = x.shape[:2]
     mult, kernel_sizes = wdw.shape[1], wdw.shape[2:]
     xp = pad_trailing(x, pads)
-    out = np.zeros((n, channels, mult) + tuple(out_sizes), np.float32)
+    out = np.empty((n, channels, mult) + tuple(out_sizes), np.float32)
     term = np.empty_like(out)
     expand = (slice(None), slice(None)) + (None,) * len(out_sizes)
-    for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
+    for index, offsets in enumerate(itertools.product(*(range(k) for k in kernel_sizes))):
         taps = xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
         tap_weights = wdw[(slice(None), slice(None)) + offsets][expand]
-        np.multiply(taps[:, :, None], tap_weights, out=term)
-        out += term
+        np.multiply(taps[:, :, None], tap_weights, out=term if index else out)   # the first tap initialises
+        if index:
+            out += term
     return out.reshape((n, channels * mult) + tuple(out_sizes))
 
 
@@ -268,6 +269,17 @@ class _ConvolutionBase(Kernel):
         if self.bias is not None:
             y += self.bias
         return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
+
+    def output_shapes(self, shapes):
+        """[..., C_out, *out] from the input shape alone (weights from the file); None: run compute."""
+        s, rank = shapes[0], self.rank
+        expected = self.kernel_channels if self.deconv else self.kernel_channels * self.groups
+        if self.dynamic_weights or s is None or len(s) < rank + 1 or s[-rank - 1] != expected:
+            return None
+        in_sizes = s[-rank:]
+        outs = self._transpose_window(in_sizes)[1] if self.deconv else self._forward_pads(in_sizes)[1]
+        self._check_sizes(outs, s)
+        return [tuple(s[:-rank - 1]) + (self.c_out,) + tuple(outs)]
 
     def _weight_input(self, w):
         """Spec 4+: weights as the second input, [C_out, kernelChannels, *kernel]."""

@@ -30,6 +30,14 @@ class _Elementwise(Kernel):
             raise self.format_error(f"has {n} input(s), needs {wanted}")
         return n
 
+    def check_broadcast(self, *arrays):
+        """Broadcasting [N, 1] with [1, N] makes N^2 values: check the result before computing it."""
+        try:
+            shape = np.broadcast_shapes(*(np.shape(a) for a in arrays))
+        except ValueError:
+            return                                   # the ufunc itself names the mismatch
+        self.check_shape(shape)
+
 
 def _fold(ufunc, arrays):
     """ufunc applied left to right over broadcastable arrays, reusing the accumulator when it can."""
@@ -66,6 +74,7 @@ class ClassicElementwise(_Elementwise):
             if self.kind == "multiply":
                 return x * self.alpha
             return x.copy()
+        self.check_broadcast(*inputs)
         out = _fold(self.ufunc, inputs)
         if self.kind == "average":
             out /= np.float32(len(inputs))
@@ -83,6 +92,7 @@ class DotProduct(_Elementwise):
         self.cosine = self.params.cosineSimilarity
 
     def compute(self, a, b):
+        self.check_broadcast(a, b)
         axes = tuple(range(-min(3, a.ndim, b.ndim), 0))
         dot = np.sum(a * b, axis=axes, keepdims=True, dtype=np.float32)
         if self.cosine:
@@ -182,6 +192,7 @@ class BroadcastableArithmetic(_Elementwise):
         self.ufunc = _ARITHMETIC[self.kind]
 
     def compute(self, *inputs):
+        self.check_broadcast(*inputs)
         with _quiet():
             return _fold(self.ufunc, inputs)
 
@@ -206,6 +217,8 @@ class Comparison(_Elementwise):
         self.alpha = np.float32(self.params.alpha)
 
     def compute(self, a, b=None):
+        if b is not None:
+            self.check_broadcast(a, b)
         return self.ufunc(a, self.alpha if b is None else b).astype(np.float32)
 
 
@@ -222,6 +235,7 @@ class Logical(_Elementwise):
         self.ufunc = _LOGICAL[self.kind]
 
     def compute(self, a, b):
+        self.check_broadcast(a, b)
         return self.ufunc(a != 0, b != 0).astype(np.float32)
 
 
@@ -244,4 +258,5 @@ class WhereBroadcastable(_Elementwise):
         self.require_inputs(3, 3)
 
     def compute(self, condition, x, y):
+        self.check_broadcast(condition, x, y)
         return np.where(condition != 0, x, y)

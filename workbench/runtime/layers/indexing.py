@@ -64,6 +64,7 @@ class Gather(_IndexingKernel):
 
     def compute(self, data, indices):
         axis = self.axis(int(self.params.axis), data.ndim)
+        self.check_shape(data.shape[:axis] + indices.shape + data.shape[axis + 1:])
         return np.take(data, self.indices(indices, data.shape[axis]), axis=axis)
 
 
@@ -75,6 +76,7 @@ class GatherND(_IndexingKernel):
         depth = indices.shape[-1]
         if depth > data.ndim:
             raise self.fail(f"multi-indices of length {depth} for a rank-{data.ndim} input")
+        self.check_shape(indices.shape[:-1] + data.shape[depth:])
         idx = self.indices(indices, np.array(data.shape[:depth]))
         return data[tuple(np.moveaxis(idx, -1, 0))]
 

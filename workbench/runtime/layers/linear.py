@@ -32,9 +32,21 @@ class InnerProduct(Kernel):
         p = self.params
         self.cin, self.cout = int(p.inputChannels), int(p.outputChannels)
         w = self.weights(p.weights, "weights", self.cin * self.cout)
-        self.w = np.ascontiguousarray(w.reshape(self.cout, self.cin).T)        # [Cin, Cout]
+        self.w = w.reshape(self.cout, self.cin).T        # [Cin, Cout], a view: BLAS reads it transposed
         self.b = self.weights(p.bias, "bias", self.cout) if p.hasBias else None
         self.quantize_input = bool(p.int8DynamicQuantize)
+
+    def output_shapes(self, shapes):
+        s = shapes[0]
+        if s is None or not s:
+            return None
+        if len(s) <= 3:
+            lead, fan_in, tail = s[:-1], s[-1], ()
+        elif len(s) == 4:
+            lead, fan_in, tail = s[:1], int(np.prod(s[1:])), (1, 1)
+        else:
+            lead, fan_in, tail = s[:-3], int(np.prod(s[-3:])), (1, 1)
+        return [tuple(lead) + (self.cout,) + tail] if fan_in == self.cin else None
 
     def compute(self, x):
         rank = x.ndim
@@ -75,10 +87,32 @@ class BatchedMatMul(Kernel):
                                        f"but no weight matrix dimensions ({rows} x {cols})")
             w = self.weights(p.weights, "weights", rows * cols)
             # stored column-major, i.e. row-major [X2, X1]
-            self.w = np.ascontiguousarray(w.reshape(cols, rows).T)               # [X1, X2]
+            self.w = w.reshape(cols, rows).T                # [X1, X2], a view: BLAS reads it transposed
             self.rows, self.cols = rows, cols
             self.b = self.weights(p.bias, "bias", cols) if p.hasBias else None
             self.quantize_input = bool(p.int8DynamicQuantize)
+
+    def output_shapes(self, shapes):
+        if self.two_inputs:
+            return self._product_shape(*shapes)
+        s = shapes[0]
+        if s is None or not s or s[-1] != self.rows:
+            return None
+        return [tuple(s[:-1]) + (self.cols,)]
+
+    def _product_shape(self, a, b):
+        """np.matmul's shape rule on _matmul's operands (1-D operands become matrices)."""
+        if a is None or b is None or not a or not b:
+            return None
+        a = (1,) + tuple(a) if len(a) == 1 else tuple(a)
+        b = tuple(b) + (1,) if len(b) == 1 else tuple(b)
+        if self.transpose_a:
+            a = a[:-2] + (a[-1], a[-2])
+        if self.transpose_b:
+            b = b[:-2] + (b[-1], b[-2])
+        if a[-1] != b[-2]:
+            return None
+        return [tuple(np.broadcast_shapes(a[:-2], b[:-2])) + (a[-2], b[-1])]
 
     def compute(self, a, b=None):
         if self.two_inputs:

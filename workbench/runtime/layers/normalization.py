@@ -74,11 +74,17 @@ class BatchNorm(Kernel):
             self.scale = scale.astype(np.float32).reshape(per_channel)
             self.shift = (beta - mean * scale).astype(np.float32).reshape(per_channel)
 
+    def output_shapes(self, shapes):
+        s = shapes[0]
+        return [s] if s is not None and len(s) >= 3 and s[-3] == self.channels else None
+
     def compute(self, x):
         _require_rank(self, x, 3)
         _require_channels(self, x, self.channels)
         if not self.compute_stats:
-            return x * self.scale + self.shift
+            y = x * self.scale
+            y += self.shift
+            return y
         if self.instance:
             axes = SPATIAL_AXES
         else:

@@ -146,6 +146,13 @@ class Pooling(_PoolingBase):
             out -= 1
         return out
 
+    def output_shapes(self, shapes):
+        s = shapes[0]
+        if s is None or len(s) < 3:
+            return None
+        outs = (1, 1) if self.is_global else tuple(p.out for p in self._checked(self._plans(s[-2:]), s))
+        return [tuple(s[:-2]) + outs]
+
     def compute(self, x):
         sizes = self._input_sizes(x)
         if self.is_global:

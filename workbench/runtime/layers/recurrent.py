@@ -91,6 +91,18 @@ def _clip(x):
 class _Recurrent(Kernel):
     """Input/state reshaping common to every recurrent kind."""
 
+    state_count, directions = 1, 1          # final states the layer outputs; 2 for bidirectional
+
+    def output_shapes(self, shapes):
+        """The shapes ``_outputs`` gives, from the input shape alone."""
+        s = shapes[0]
+        if s is None or len(s) < 3 or s[0] < 1 or int(np.prod(s[2:])) != self.cin:
+            return None
+        trailing = (1,) * (len(s) - 3)
+        y = (s[0] if self.sequence_output else 1, s[1], self.directions * self.hidden) + trailing
+        states = [(1, s[1], self.hidden) + trailing] * self.state_count
+        return ([y] + states)[:max(1, len(self.layer.output))]
+
     def _plan_sizes(self, p):
         self.cin, self.hidden = int(p.inputVectorSize), int(p.outputVectorSize)
 
@@ -233,8 +245,8 @@ class _LSTMDirection:
             bias.append(np.array(owner._vector(b_param, f"{where}.{gate}BiasVector", has_bias)))
         if lp.forgetBias:
             bias[1] = bias[1] + 1
-        self.wx = np.ascontiguousarray(np.concatenate(wx, 0).T)                 # [C, 4H]
-        self.rh = np.ascontiguousarray(np.concatenate(rh, 0).T)                 # [H, 4H]
+        self.wx = np.concatenate(wx, 0).T           # [C, 4H], transposed views: BLAS reads them as they are
+        self.rh = np.concatenate(rh, 0).T           # [H, 4H]
         self.bias = np.concatenate(bias).astype(np.float32)
         self.peep = None
         if lp.hasPeepholeVectors:
@@ -251,6 +263,8 @@ class _LSTMDirection:
 
     def run(self, xproj, h, c):
         """Run over xproj [Seq, Batch, 4H] in order; returns (outputs [Seq, Batch, H], h, c)."""
+        if self.peep is None and self.f is _sigmoid and self.g is np.tanh and self.h is np.tanh:
+            return self._run_standard(xproj, h, c)
         H = self.hidden
         steps, batch = xproj.shape[:2]
         out = np.empty((steps, batch, H), np.float32)
@@ -273,6 +287,42 @@ class _LSTMDirection:
         return out, h, c
 
 
+    def _run_standard(self, xproj, h, c):
+        """The common case (sigmoid / tanh / tanh, no peepholes) with every step's work done in place
+        on a few preallocated buffers: ~15 numpy calls per step besides the recurrent matmul."""
+        H = self.hidden
+        steps, batch = xproj.shape[:2]
+        out = np.empty((steps, batch, H), np.float32)
+        pre = np.empty((batch, 4 * H), np.float32)
+        tmp = np.empty((batch, H), np.float32)
+        c = np.array(c, dtype=np.float32)                     # our own: updated in place
+        sig, z = pre[:, :3 * H], pre[:, 3 * H:]                 # sigmoid gates i f o, then z
+        i, f, o = pre[:, :H], pre[:, H:2 * H], pre[:, 2 * H:3 * H]
+        one, clip = np.float32(1), np.float32(GATE_CLIP)
+        for t in range(steps):
+            np.matmul(h, self.rh, out=pre)
+            pre += xproj[t]
+            np.maximum(pre, -clip, out=pre)
+            np.minimum(pre, clip, out=pre)
+            np.negative(sig, out=sig)                           # sigmoid(x) = 1 / (1 + exp(-x)): exp is
+            np.exp(sig, out=sig)                                # cheaper than tanh; |x| <= 50, no overflow
+            sig += one
+            np.reciprocal(sig, out=sig)
+            np.tanh(z, out=z)
+            if self.coupled:                                    # c (1 - i) + i z
+                np.subtract(one, i, out=tmp)
+                c *= tmp
+            else:                                               # c f + i z
+                c *= f
+            np.multiply(i, z, out=tmp)
+            c += tmp
+            np.maximum(c, -self.cell_clip, out=c)
+            np.minimum(c, self.cell_clip, out=c)
+            np.tanh(c, out=tmp)
+            h = np.multiply(o, tmp, out=out[t])
+        return out, h.copy(), c
+
+
 def _has_values(wp):
     return bool(len(wp.floatValue) or len(wp.float16Value) or len(wp.rawValue) or len(wp.int8RawValue))
 
@@ -280,6 +330,8 @@ def _has_values(wp):
 @kernel("uniDirectionalLSTM")
 class UniDirectionalLSTM(_Recurrent):
     """(y, h, c) = LSTM(x, h0, c0), optionally over the reversed sequence."""
+
+    state_count = 2
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -302,6 +354,8 @@ class UniDirectionalLSTM(_Recurrent):
 @kernel("biDirectionalLSTM")
 class BiDirectionalLSTM(_Recurrent):
     """Forward and backward LSTMs; the backward outputs are aligned with the input positions."""
+
+    state_count, directions = 4, 2
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
