@@ -58,3 +58,44 @@ def test_demo_passes_as_an_installed_command():
     assert done.stdout.count("-> pass") == len(example_cases())
     assert "verdict: all cases agree with PyTorch" in done.stdout
     assert "Failed to load" not in done.stdout + done.stderr
+
+
+def _example_cases_file(tmp_path, perturb=None):
+    import workbench as wb
+    cases = [wb.TestCase(name, inputs, expected) for name, inputs, expected in example_cases()]
+    if perturb is not None:
+        cases[perturb].expected["logits"] = cases[perturb].expected["logits"] + 1.0
+    path = tmp_path / "cases.npz"
+    wb.save_cases(path, cases)
+    return path
+
+
+def test_test_command_verdict_is_the_exit_status_and_plots_are_written(tmp_path, capsys):
+    from workbench.examples import example_layers_dir
+    layers = str(example_layers_dir())
+    good = _example_cases_file(tmp_path)
+    assert main(["test", str(example_path()), "--layers", layers, "--cases", str(good)]) == 0
+    assert "3 passed, 0 failed" in capsys.readouterr().out
+    bad = _example_cases_file(tmp_path, perturb=1)        # PyTorch's outputs, one case shifted by 1
+    plots = tmp_path / "plots"
+    assert main(["test", str(example_path()), "--layers", layers, "--cases", str(bad), "--plots", str(plots)]) == 1
+    out = capsys.readouterr().out
+    assert "2 passed, 1 failed" in out and "case 'waves': FAIL" in out
+    pngs = sorted(p.name for p in plots.glob("*.png"))
+    assert pngs == ["checker-logits.png", "noise-logits.png", "waves-logits.png"]
+    assert all((plots / p).read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" for p in pngs)
+
+
+def test_check_command_finds_a_layer_that_writes_its_input(tmp_path, capsys):
+    from workbench.examples import example_layers_dir
+    assert main(["check", str(example_path()), "--layers", str(example_layers_dir())]) == 0
+    assert "2 custom layer(s) checked, 0 with problems" in capsys.readouterr().out
+    broken = tmp_path / "layers"
+    broken.mkdir()
+    (broken / "PixelNorm.py").write_text(
+        "import workbench as wb\n\nclass PixelNorm(wb.CustomLayer):\n"
+        "    def evaluate(self, inputs, outputs):\n        inputs[0][...] = 0\n        outputs[0][...] = 0\n")
+    (broken / "ScaledSwish.py").write_text((example_layers_dir() / "ScaledSwish.py").read_text())
+    assert main(["check", str(example_path()), "--layers", str(broken)]) == 1
+    out = capsys.readouterr().out
+    assert "mutated-input" in out and "PixelNorm.py:5" in out

@@ -1,4 +1,4 @@
-"""The `workbench` command: inspect a model, run it on files, run the bundled demo, export Swift."""
+"""The `workbench` command: inspect, run, test and check a model; run the bundled demo; export Swift."""
 import argparse
 import sys
 from pathlib import Path
@@ -31,13 +31,56 @@ def main(argv=None):
     p.add_argument("--layers", help="folder or .py file with implementations (their shapes and Python code "
                                     "go into the Swift comments)")
 
+    p = sub.add_parser("test", help="run test cases (.npz) against a model; exit status 0 when all pass")
+    p.add_argument("model")
+    p.add_argument("--layers", help="folder or .py file with custom layer implementations")
+    p.add_argument("--cases", required=True, metavar="FILE.npz", help="test cases (wb.save_cases layout)")
+    p.add_argument("--plots", metavar="DIR", help="write a diff plot (PNG) per case and output here")
+
+    p = sub.add_parser("check", help="check every custom layer against MLCustomLayer's contract")
+    p.add_argument("model")
+    p.add_argument("--layers", help="folder or .py file with custom layer implementations")
+
     args = parser.parse_args(argv)
     from .errors import WorkbenchError
     try:
-        return {"inspect": _inspect, "run": _run, "demo": _demo, "export-swift": _export_swift}[args.command](args)
+        return {"inspect": _inspect, "run": _run, "demo": _demo, "export-swift": _export_swift,
+                "test": _test, "check": _check}[args.command](args)
     except WorkbenchError as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
+
+
+def _test(args):
+    import workbench as wb
+    model = wb.load(args.model, layers=args.layers)
+    report = wb.run_tests(model, wb.load_cases(args.cases))
+    print(report.summary())
+    if args.plots:
+        import matplotlib
+        matplotlib.use("Agg")
+        import matplotlib.pyplot as plt
+        out = Path(args.plots)
+        out.mkdir(parents=True, exist_ok=True)
+        for result in report.results:
+            for output in result.outputs:
+                figure = report.plot(result.name, output)
+                path = out / f"{_safe(result.name)}-{_safe(output)}.png"
+                figure.savefig(path, dpi=80)
+                plt.close(figure)
+                print(f"wrote {path}")
+    return 0 if report.passed else 1
+
+
+def _check(args):
+    import workbench as wb
+    result = wb.load(args.model, layers=args.layers).check()
+    print(result.describe())
+    return 0 if result.ok else 1
+
+
+def _safe(name):
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in str(name))
 
 
 def _inspect(args):
