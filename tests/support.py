@@ -56,3 +56,25 @@ def set_shape_range(spec, name, ranges):
     from coremltools.models.neural_network import flexible_shape_utils
     flexible_shape_utils.set_multiarray_ndshape_range(
         spec, name, lower_bounds=[lo for lo, _ in ranges], upper_bounds=[hi for _, hi in ranges])
+
+
+def exact_rank_builder(inputs, exact=True, outputs=("output",)):
+    """A NeuralNetworkBuilder whose inputs are {name: declared shape}: exact-rank, or rank-5 mapping."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    features = [(name, datatypes.Array(*shape)) for name, shape in inputs.items()]
+    return NeuralNetworkBuilder(features, [(name, None) for name in outputs], disable_rank5_shape_mapping=exact)
+
+
+def predict_builder(builder, inputs):
+    """Load the builder's spec with the workbench runtime and predict on float32 copies of ``inputs``."""
+    import workbench as wb
+    feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
+    return wb.load(builder.spec).predict(feeds)
+
+
+def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
+    """Same shape, and equal within float32 tolerances."""
+    expected = np.asarray(expected, dtype=np.float32)
+    assert np.asarray(actual).shape == expected.shape
+    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)

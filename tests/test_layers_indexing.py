@@ -9,35 +9,17 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from coremltools.models import datatypes
-from coremltools.models.neural_network import NeuralNetworkBuilder
 
 import workbench as wb
 import workbench.runtime.layers.indexing  # noqa: F401  (registers the kernels before the lead lists it)
+from support import exact_rank_builder as builder_for, predict_builder as predict, assert_close as close  # noqa: E402
 
 RNG = np.random.default_rng(1234)
 MODES = ["UPDATE", "ADD", "SUB", "MUL", "DIV", "MAX", "MIN"]
 
 
-def builder_for(inputs, outputs=("output",)):
-    """A builder whose inputs are {name: shape}."""
-    features = [(name, datatypes.Array(*shape)) for name, shape in inputs.items()]
-    return NeuralNetworkBuilder(features, [(name, None) for name in outputs], disable_rank5_shape_mapping=True)
-
-
-def predict(builder, inputs):
-    feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
-    return wb.load(builder.spec).predict(feeds)
-
-
 def run_one(builder, inputs):
     return predict(builder, inputs)["output"]
-
-
-def close(actual, expected, rtol=1e-5, atol=1e-6):
-    expected = np.asarray(expected, dtype=np.float32)
-    assert np.asarray(actual).shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
 
 
 def rand(*shape):

@@ -10,25 +10,12 @@ import itertools
 import numpy as np
 import pytest
 import torch
-from coremltools.models import datatypes
-from coremltools.models.neural_network import NeuralNetworkBuilder
 
 import workbench as wb
 import workbench.runtime.layers.layout  # noqa: F401  (registers the N-D kernels before the lead lists the module)
+from support import exact_rank_builder as builder_for, predict_builder as predict, assert_close as close  # noqa: E402
 
 RNG = np.random.default_rng(7)
-
-
-def builder_for(inputs, exact, outputs=("output",)):
-    """A builder whose inputs are {name: declared shape}."""
-    features = [(name, datatypes.Array(*shape)) for name, shape in inputs.items()]
-    return NeuralNetworkBuilder(features, [(name, None) for name in outputs],
-                                disable_rank5_shape_mapping=exact)
-
-
-def predict(builder, inputs):
-    feeds = {name: np.asarray(value, dtype=np.float32) for name, value in inputs.items()}
-    return wb.load(builder.spec).predict(feeds)
 
 
 def run_one(builder, inputs):
@@ -41,12 +28,6 @@ def rand(*shape):
 
 def t(x):
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def close(actual, expected):
-    expected = np.asarray(expected, dtype=np.float32)
-    assert np.asarray(actual).shape == expected.shape
-    np.testing.assert_allclose(actual, expected, rtol=1e-5, atol=1e-6)
 
 
 def rank5_result(expected5):

@@ -6,8 +6,6 @@ harmless (the native predictor is macOS-only and not used here), so they are sil
 import contextlib
 import io
 import logging
-import os
-import sys
 import warnings
 
 

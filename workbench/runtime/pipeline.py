@@ -17,7 +17,7 @@ separately) and keeps its own blob namespace, so two stages commonly both hold a
 """
 import numpy as np
 
-from ..errors import InputError, MissingImplementationError, ModelFormatError, UnsupportedLayerError, WorkbenchError
+from ..errors import InputError, MissingImplementationError, ModelFormatError, UnsupportedLayerError
 from . import spec as specmod
 from .live import LiveImplementations
 from .registry import Implementations
