@@ -4,7 +4,7 @@ VENV := .venv
 PY := $(VENV)/bin/python
 STAMP := $(VENV)/.installed
 
-.PHONY: lab test conformance fuzz install example clean
+.PHONY: lab test conformance fuzz install example bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -33,6 +33,11 @@ fuzz: $(STAMP)
 
 example: $(STAMP)
 	$(PY) -m workbench.examples.build_example
+
+# the runtime against PyTorch eager on four networks (README "Speed"); OPENBLAS_CORETYPE /
+# OPENBLAS_L2_SIZE are unset for this command only (where set, they can slow a current numpy)
+bench: $(STAMP)
+	env -u OPENBLAS_CORETYPE -u OPENBLAS_L2_SIZE $(PY) benchmarks/run.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache
