@@ -303,3 +303,16 @@ def test_a_reference_of_another_shape_is_a_divergence_that_says_so():
     d = report.first_divergence
     assert report.passed and d.blob == "39" and "does not match the expected (1, 8, 16, 16)" in d.describe()
     assert titles(d.plot()) == ["no values to compare"]
+
+
+def test_report_plots_draw_in_a_fresh_ipython_shell():
+    from IPython.core.interactiveshell import InteractiveShell
+
+    from workbench.examples import example_cases, example_layers_dir, example_path
+    from workbench.testing import plots
+    shell = InteractiveShell.instance()
+    shell.display_formatter.formatters["image/png"].type_printers.pop(plots.Figure, None)
+    plots._show_figures_in_notebooks()                # what importing the module does in a notebook
+    model = wb.load(example_path(), layers=example_layers_dir())
+    data, _ = shell.display_formatter.format(wb.run_tests(model, example_cases()).plot())
+    assert data["image/png"].startswith(b"\x89PNG\r\n\x1a\n")

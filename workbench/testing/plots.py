@@ -4,6 +4,8 @@ Figures are made with ``matplotlib.figure.Figure`` (not pyplot), so they never p
 global state and a notebook shows each one exactly once. Every plot of a mismatch marks the
 worst element, since that is where a person starts looking.
 """
+import io
+
 import numpy as np
 from matplotlib.figure import Figure
 
@@ -12,6 +14,29 @@ from .compare import format_index
 DIFF_CMAP = "RdBu_r"          # diverging: blue below the reference, red above, white equal
 VALUE_CMAP = "viridis"
 MAX_BARS = 20
+
+
+def _png(figure):
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", bbox_inches="tight")
+    return buffer.getvalue()
+
+
+def _show_figures_in_notebooks():
+    """A bare Figure only draws in IPython once pyplot's inline backend is set up; register it here,
+    so ``report.plot()`` draws in a fresh notebook without ``%matplotlib inline``."""
+    try:
+        from IPython import get_ipython
+    except ImportError:
+        return
+    shell = get_ipython()
+    if shell is not None and hasattr(shell, "display_formatter"):
+        formatter = shell.display_formatter.formatters["image/png"]
+        if Figure not in formatter.type_printers:      # leave a configured inline backend alone
+            formatter.for_type(Figure, _png)
+
+
+_show_figures_in_notebooks()
 
 
 def plot_comparison(comparison, title=None):
