@@ -99,3 +99,10 @@ def test_check_command_finds_a_layer_that_writes_its_input(tmp_path, capsys):
     assert main(["check", str(example_path()), "--layers", str(broken)]) == 1
     out = capsys.readouterr().out
     assert "mutated-input" in out and "PixelNorm.py:5" in out
+
+
+def test_run_refuses_a_pickled_npy_with_a_clear_error(tmp_path, capsys):
+    np.save(tmp_path / "bad.npy", np.array([{"a": 1}], dtype=object), allow_pickle=True)
+    code = main(["run", str(example_path()), "--input", f"image={tmp_path / 'bad.npy'}",
+                 "--out", str(tmp_path / "o.npz")])
+    assert code == 2 and "is not a readable numeric .npy file" in capsys.readouterr().err

@@ -164,3 +164,29 @@ def test_user_line_skips_library_frames():
 
     with pytest.raises(wb.LayerError, match=r"test_model.py:\d+\)"):
         wb.load(custom_only_model(["Reshaper"]), layers=Reshaper).predict({"x": X})
+
+
+def test_float16_grayscale_images_keep_their_values():
+    from PIL import Image
+    spec = custom_only_model(["Double"], input_shape=(1, 2, 2))
+    for feature in (spec.description.input[0], spec.description.output[0]):
+        feature.type.imageType.width = feature.type.imageType.height = 2
+        feature.type.imageType.colorSpace = 40                      # GRAYSCALE_FLOAT16
+    image = Image.fromarray(np.array([[0.25, 0.5], [1.5, -2.0]], np.float32), mode="F")
+    out = wb.load(spec, layers=Double).predict({"x": image})["y"]
+    assert out.mode == "F"
+    np.testing.assert_array_equal(np.asarray(out), [[0.5, 1.0], [3.0, -4.0]])
+
+
+def test_a_custom_layer_reading_an_absent_optional_input_is_named():
+    spec = custom_only_model(["Double"])
+    spec.description.input[0].type.isOptional = True
+    with pytest.raises(wb.LayerError, match=r"'Double'.*input blob\(s\) x have no value"):
+        wb.load(spec, layers=Double).predict({})
+
+
+def test_two_preprocessing_entries_for_one_image_are_refused():
+    spec = wb.load(corpus("hollance_NeuralMcNeuralNet.mlmodel")).spec
+    spec.neuralNetwork.preprocessing.add().CopyFrom(spec.neuralNetwork.preprocessing[0])
+    with pytest.raises(wb.ModelFormatError, match="image input 'image' has two preprocessing entries"):
+        wb.load(spec)

@@ -179,3 +179,17 @@ class Scale(wb.CustomLayer):
     model = wb.load(custom_only_model(["Scale"]), layers=tmp_path)
     np.testing.assert_array_equal(model.predict({"x": X})["y"], 4 * X)
     assert "self.factor.value" in inspect.getsource(model.custom_layers[0].implementation)
+
+
+def test_a_package_that_re_exports_its_layers(tmp_path, monkeypatch):
+    package = tmp_path / "mylayers"
+    package.mkdir()
+    write(package / "scale.py", SCALE_FILE.format(factor=6))
+    write(package / "__init__.py", "from .scale import Scale\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    import importlib
+    module = importlib.import_module("mylayers")
+    model = wb.load(custom_only_model(["Scale"]), layers=module)
+    np.testing.assert_array_equal(model.predict({"x": X})["y"], 6 * X)
+    with pytest.raises(wb.ImplementationError, match="module 'textwrap' defines no custom layer class"):
+        wb.load(custom_only_model(["Scale"]), layers=textwrap)
