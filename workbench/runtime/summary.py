@@ -7,10 +7,7 @@ from collections import Counter
 def summary(model):
     lines = [f"{model.name}: {model.type}, specification version {model.spec_version}, "
              f"{'rank-5 array mapping [Seq, Batch, C, H, W]' if model.rank5 else 'exact-rank arrays'}"]
-    lines.append("inputs:")
-    lines += [f"  {name}: {desc}" for name, desc in model.input_description.items()]
-    lines.append("outputs:")
-    lines += [f"  {name}: {desc}" for name, desc in model.output_description.items()]
+    lines += _features(model)
     kinds = Counter(kind for _, kind, _, _ in model.layers)
     lines.append(f"layers: {len(model.layers)} (" + ", ".join(f"{k} x{n}" for k, n in sorted(kinds.items())) + ")")
     if not model.custom_layers:
@@ -35,14 +32,16 @@ def summary(model):
     return "\n".join(lines)
 
 
+def _features(model):
+    lines = ["inputs:"] + [f"  {name}: {desc}" for name, desc in model.input_description.items()]
+    return lines + ["outputs:"] + [f"  {name}: {desc}" for name, desc in model.output_description.items()]
+
+
 def pipeline_summary(model):
     """A pipeline's own features, then each stage's summary, indented; blobs are '<stage>/<blob>'."""
     lines = [f"{model.name}: {model.type} of {len(model.stages)} stages, specification version "
              f"{model.spec_version} (blobs are named '<stage>/<blob>')"]
-    lines.append("inputs:")
-    lines += [f"  {name}: {desc}" for name, desc in model.input_description.items()]
-    lines.append("outputs:")
-    lines += [f"  {name}: {desc}" for name, desc in model.output_description.items()]
+    lines += _features(model)
     for stage in model.stages:
         lines += ["  " + line for line in stage.model.summary().splitlines()]
     missing = model.missing_implementations()
