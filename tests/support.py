@@ -74,7 +74,26 @@ def predict_builder(builder, inputs):
 
 
 def assert_close(actual, expected, rtol=1e-5, atol=1e-6):
-    """Same shape, and equal within float32 tolerances."""
+    """Same shape, and equal within float32 tolerances; ``expected`` may be a torch tensor."""
+    if hasattr(expected, "detach"):
+        expected = expected.detach().numpy()
     expected = np.asarray(expected, dtype=np.float32)
     assert np.asarray(actual).shape == expected.shape
     np.testing.assert_allclose(actual, expected, rtol=rtol, atol=atol)
+
+
+import workbench as wb  # noqa: E402  (after coremltools' messages are silenced)
+
+
+class Double(wb.CustomLayer):
+    """A custom layer whose output is checkable by formula: 2x."""
+
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = 2 * inputs[0]
+
+
+class Negate(wb.CustomLayer):
+    """A custom layer whose output is checkable by formula: -x."""
+
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = -inputs[0]

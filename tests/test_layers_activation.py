@@ -13,6 +13,7 @@ from coremltools.models.neural_network import NeuralNetworkBuilder
 
 import workbench as wb
 from workbench.runtime.layers.activation import erf
+from support import assert_close as close  # noqa: E402
 
 RNG = np.random.default_rng(7)
 RANK5_SHAPES = [(3, 4, 5), (2, 3, 3, 4, 5)]   # [C,H,W] and [Seq,Batch,C,H,W] fed to a rank-5 model
@@ -34,12 +35,6 @@ def rank5_case(shape):
 
 def t(x):
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def close(got, want, rtol=1e-5, atol=1e-6):
-    want = want.numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------- activation: the 13 nonlinearities

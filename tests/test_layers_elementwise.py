@@ -10,6 +10,7 @@ from coremltools.models import datatypes
 from coremltools.models.neural_network import NeuralNetworkBuilder
 
 import workbench as wb
+from support import assert_close as close  # noqa: E402
 
 RNG = np.random.default_rng(11)
 NAMES = "abc"
@@ -33,12 +34,6 @@ def randn(*shape, scale=1.0):
 
 def t(x):
     return torch.from_numpy(np.ascontiguousarray(x))
-
-
-def close(got, want, rtol=1e-5, atol=1e-6):
-    want = want.numpy() if isinstance(want, torch.Tensor) else np.asarray(want)
-    assert got.shape == want.shape
-    np.testing.assert_allclose(got, want, rtol=rtol, atol=atol)
 
 
 # ---------------------------------------------------------------- classic add, multiply, max, min, average

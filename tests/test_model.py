@@ -3,17 +3,7 @@ import numpy as np
 import pytest
 
 import workbench as wb
-from support import corpus, custom_only_model
-
-
-class Double(wb.CustomLayer):
-    def evaluate(self, inputs, outputs):
-        outputs[0][...] = 2 * inputs[0]
-
-
-class Negate(wb.CustomLayer):
-    def evaluate(self, inputs, outputs):
-        outputs[0][...] = -inputs[0]
+from support import Double, Negate, corpus, custom_only_model
 
 
 X = np.arange(6, dtype=np.float32).reshape(2, 3)

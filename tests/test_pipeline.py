@@ -16,6 +16,7 @@ from coremltools.models.pipeline import Pipeline, PipelineClassifier, PipelineRe
 from coremltools.proto import NeuralNetwork_pb2
 
 import workbench as wb
+from support import Double, Negate
 
 RNG = np.random.default_rng(7)
 W = RNG.standard_normal((3, 4)).astype(np.float32)
@@ -61,16 +62,6 @@ def pipeline_of(*stages, inputs=(("x", datatypes.Array(2, 3)),), outputs=(("z", 
     if names:
         p.spec.pipeline.names.extend(names)
     return p.spec
-
-
-class Double(wb.CustomLayer):
-    def evaluate(self, inputs, outputs):
-        outputs[0][...] = 2 * inputs[0]
-
-
-class Negate(wb.CustomLayer):
-    def evaluate(self, inputs, outputs):
-        outputs[0][...] = -inputs[0]
 
 
 C = np.arange(6, dtype=np.float32).reshape(2, 3)
