@@ -462,3 +462,19 @@ class Conv3dChain(torch.nn.Module):
 def test_pytorch_conversions(module, shapes, kind):
     torch.manual_seed(0)
     assert kind in converted_agrees(module(), *[torch.randn(*s) for s in shapes])
+
+
+@pytest.mark.parametrize("channels, size, stride, dil", [
+    (96, 28, 1, 1),      # channels-last path, split over threads (96 * 28 * 28 > 2^16 outputs)
+    (128, 15, 2, 2),     # channels-last, strided, dilated
+    (32, 56, 1, 1),      # channels-first (few channels), split over threads
+    (16, 112, 2, 1),     # channels-first, strided
+])
+def test_depthwise_paths_match_torch(channels, size, stride, dil):
+    r = rng(3)
+    w = r.standard_normal((channels, 1, 3, 3)).astype(np.float32)
+    x = r.standard_normal((1, channels, size, size)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv(b, w, groups=channels, stride=(stride, stride), dilation=(dil, dil), pads=(1, 1, 1, 1))
+    ref = F.conv2d(F.pad(t(x), (1, 1, 1, 1)), t(w), stride=stride, dilation=dil, groups=channels).numpy()
+    check(predict(b, data=x), ref)

@@ -39,10 +39,11 @@ class BuiltinStep:
         self.runtime = runtime
         # kernels whose output shapes follow from input shapes skip their compute in the load-time pass
         self.shape_rule = getattr(kernel_obj, "output_shapes", None)
+        self._rule_in_shape_pass = self.shape_rule is not None and runtime is not None
+        self._max_bytes = int(kernel_obj.ctx.limits["max_blob_bytes"])
 
     def run(self, scope):
-        if self.shape_rule is not None and self.runtime is not None and self.runtime.shapes_only \
-                and self._shapes_only(scope):
+        if self._rule_in_shape_pass and self.runtime.shapes_only and self._shapes_only(scope):
             return
         try:
             if self.kernel.uses_scope:
@@ -66,13 +67,14 @@ class BuiltinStep:
         if len(result) != len(self.outputs):
             raise LayerError(self.model_name, self.name, f"{self.kind} produced {len(result)} outputs, "
                              f"the layer names {len(self.outputs)}")
-        limits = self.kernel.ctx.limits
         for name, value in zip(self.outputs, result):
-            value = np.asarray(value, dtype=np.float32)
+            if value.__class__ is not np.ndarray or value.dtype != np.float32:
+                value = np.asarray(value, dtype=np.float32)
             # after the fact, but before the blob joins the scope: stops growth (a loop that
             # concatenates onto itself) at the first blob over the limit
-            check_bytes(limits, self.model_name, f"layer '{self.name}'", value.nbytes, f"output '{name}'",
-                        value.shape)
+            if value.nbytes > self._max_bytes:
+                check_bytes(self.kernel.ctx.limits, self.model_name, f"layer '{self.name}'", value.nbytes,
+                            f"output '{name}'", value.shape)
             scope[name] = value
 
     def _shapes_only(self, scope):

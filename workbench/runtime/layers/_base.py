@@ -72,6 +72,16 @@ def same_shape(kernel_obj, shapes):
     return [shapes[0]] if shapes and shapes[0] is not None else None
 
 
+def broadcast_shape(kernel_obj, shapes):
+    """The shape rule of broadcasting kernels: numpy's broadcast of every input's shape."""
+    if not shapes or any(s is None for s in shapes):
+        return None
+    try:
+        return [tuple(np.broadcast_shapes(*shapes))]
+    except ValueError:
+        return None                       # the kernel itself names the mismatch
+
+
 def as_float32(x):
     return np.asarray(x, dtype=np.float32)
 

@@ -11,13 +11,16 @@ import numpy as np
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 
 
+# U[4a + b] = sum_jk G[a, j] G[b, k] g[j, k]: the Kronecker product of G with itself, [16, 9]
+_GG = np.kron(_G, _G)
+
+
 def winograd_weights(w):
-    """[C_out, C_in, 3, 3] -> U [16, C_out, C_in], U[4a + b] = (G g G^T)[a, b] for every (out, in)."""
+    """[C_out, C_in, 3, 3] -> U [16, C_out, C_in], U[4a + b] = (G g G^T)[a, b] for every (out, in).
+    One [16, 9] x [9, C_out * C_in] product (BLAS reads the weights transposed, no copy)."""
     c_out, c_in = w.shape[:2]
-    g = w.reshape(-1, 3, 3)
-    left = np.tensordot(g, _G, axes=([1], [1]))                   # [OI, 3 (j), 4 (a)]
-    u = np.tensordot(left, _G, axes=([1], [1]))                   # [OI, 4 (a), 4 (b)]
-    return np.ascontiguousarray(u.reshape(c_out, c_in, 16).transpose(2, 0, 1), dtype=np.float32)
+    u = _GG @ np.asarray(w, np.float32).reshape(-1, 9).T
+    return u.reshape(16, c_out, c_in)
 
 
 def winograd_forward(x, u, pads, out_sizes):

@@ -9,6 +9,7 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from ._base import Kernel, kernel, same_shape
+from ._threads import elementwise, run_split
 
 
 def _quiet():
@@ -195,8 +196,10 @@ class Clip(Kernel):
         self.high = np.float32(self.params.maxVal)
 
     def compute(self, x):
-        y = np.maximum(x, self.low)
-        return np.minimum(y, self.high, out=y)
+        # np.clip is minimum(maximum(x, low), high) (NaN stays NaN), in one SIMD pass
+        flat, out = np.ascontiguousarray(x).reshape(-1), np.empty(x.shape, np.float32)
+        run_split(lambda a, b: np.clip(flat[a:b], self.low, self.high, out=out.reshape(-1)[a:b]), x.size, x.size)
+        return out
 
 
 @kernel("clampedReLU")
@@ -233,6 +236,9 @@ class Gelu(Kernel):
             raise self.unsupported(f"gelu mode number {mode}")
 
     def compute(self, x):
+        return elementwise(self._gelu, x)
+
+    def _gelu(self, x):
         if self.mode == "EXACT":
             inner = erf(x * _SQRT_HALF)
         elif self.mode == "TANH_APPROXIMATION":

@@ -3,7 +3,7 @@
 One engine serves both: the spatial rank is the number of trailing axes the kernel slides over
 (2 or 3), everything before ``C`` is flattened into a batch axis. Convolution is im2col + one
 batched BLAS matmul (all groups in one call); 1x1 kernels skip im2col, depthwise kernels
-(one input channel per group) accumulate shifted products instead. Deconvolution is the
+(one input channel per group) accumulate shifted products instead (_depthwise.py). Deconvolution is the
 transpose: one matmul to per-tap columns, then a strided scatter-add of each kernel tap
 straight into the cropped output window.
 
@@ -16,6 +16,8 @@ import numpy as np
 
 from ...errors import LayerError, ModelFormatError
 from ._base import Kernel, kernel
+from ._depthwise import depthwise_forward
+from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
 
 # Winograd F(2x2, 3x3) beats im2col + GEMM on this many channels and output pixels (measured on
@@ -46,24 +48,10 @@ def valid_output(size, window, stride, before, after):
     return (size + before + after - window) // stride + 1
 
 
-def pad_trailing(x, pads, value=0.0):
-    """Pad the trailing ``len(pads)`` axes by ``(before, after)`` pairs; no copy when all are zero."""
-    if not any(b or a for b, a in pads):
-        return x
-    width = [(0, 0)] * (x.ndim - len(pads)) + [(int(b), int(a)) for b, a in pads]
-    return np.pad(x, width, mode="constant", constant_values=value)
-
-
 def border_pairs(border_amounts, count=2):
     """A BorderAmounts message as ``[(start, end), ...]``; missing entries are zero."""
     pairs = [(int(e.startEdgeSize), int(e.endEdgeSize)) for e in border_amounts.borderAmounts]
     return (pairs + [(0, 0)] * count)[:count]
-
-
-def tap_slices(offsets, dilations, strides, out_sizes):
-    """The input slices one kernel tap reads for every output position."""
-    return tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
-                 for o, d, s, n in zip(offsets, dilations, strides, out_sizes))
 
 
 def _repeated(values, count, default):
@@ -91,23 +79,6 @@ def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_si
                 xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
         cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), positions)
     return np.matmul(wmat, cols).reshape((n, c_out) + tuple(out_sizes))
-
-
-def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes):
-    """One input channel per group: x [N, C, *sp], wdw [C, mult, *kernel] -> [N, C*mult, *out]."""
-    n, channels = x.shape[:2]
-    mult, kernel_sizes = wdw.shape[1], wdw.shape[2:]
-    xp = pad_trailing(x, pads)
-    out = np.empty((n, channels, mult) + tuple(out_sizes), np.float32)
-    term = np.empty_like(out)
-    expand = (slice(None), slice(None)) + (None,) * len(out_sizes)
-    for index, offsets in enumerate(itertools.product(*(range(k) for k in kernel_sizes))):
-        taps = xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
-        tap_weights = wdw[(slice(None), slice(None)) + offsets][expand]
-        np.multiply(taps[:, :, None], tap_weights, out=term if index else out)   # the first tap initialises
-        if index:
-            out += term
-    return out.reshape((n, channels * mult) + tuple(out_sizes))
 
 
 def _scatter_range(offset, stride, n_in, before, n_out):

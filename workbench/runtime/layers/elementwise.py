@@ -10,7 +10,7 @@ broadcasting serves all of them. Comparison and logical results are 1.0 / 0.0 in
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import Kernel, kernel
+from ._base import broadcast_shape, kernel, Kernel, same_shape
 
 
 def _quiet():
@@ -56,6 +56,8 @@ def _fold(ufunc, arrays):
 class ClassicElementwise(_Elementwise):
     """Sum, product, max, min or mean of the inputs; ``add`` and ``multiply`` with a single input
     add or multiply the ``alpha`` constant instead."""
+
+    output_shapes = broadcast_shape
 
     _UFUNC = {"add": np.add, "multiply": np.multiply, "max": np.maximum, "min": np.minimum,
               "average": np.add}
@@ -134,6 +136,8 @@ def _check_fits(k, x, *params):
 class Scale(_Elementwise):
     """x * scale (+ bias), each broadcast from [1], [C], [1,H,W] or [C,H,W]."""
 
+    output_shapes = same_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         p = self.params
@@ -153,6 +157,8 @@ class Scale(_Elementwise):
 @kernel("bias")
 class Bias(_Elementwise):
     """x + bias, the bias broadcast from [1], [C], [1,H,W] or [C,H,W]."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -186,6 +192,8 @@ _VARIADIC = {"addBroadcastable", "multiplyBroadcastable", "minBroadcastable", "m
 class BroadcastableArithmetic(_Elementwise):
     """Two inputs, numpy broadcasting: output rank is the larger input rank."""
 
+    output_shapes = broadcast_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         self.require_inputs(2, None if self.kind in _VARIADIC else 2)
@@ -210,6 +218,8 @@ _COMPARISONS = {
 class Comparison(_Elementwise):
     """x1 <op> x2 with broadcasting, or x1 <op> alpha with one input; 1.0 where true."""
 
+    output_shapes = broadcast_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         self.require_inputs(1, 2)
@@ -229,6 +239,8 @@ _LOGICAL = {"logicalAnd": np.logical_and, "logicalOr": np.logical_or, "logicalXo
 class Logical(_Elementwise):
     """Inputs are true where non-zero; broadcasting; 1.0 where the result is true."""
 
+    output_shapes = broadcast_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         self.require_inputs(2, 2)
@@ -241,6 +253,8 @@ class Logical(_Elementwise):
 
 @kernel("logicalNot")
 class LogicalNot(_Elementwise):
+    output_shapes = same_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         self.require_inputs(1, 1)
@@ -252,6 +266,8 @@ class LogicalNot(_Elementwise):
 @kernel("whereBroadcastable")
 class WhereBroadcastable(_Elementwise):
     """np.where(condition != 0, x, y) with all three broadcast to a common shape."""
+
+    output_shapes = broadcast_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)

@@ -8,7 +8,8 @@ two passes (mean, then the mean of squared deviations) so the variance never can
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import Kernel, kernel
+from ._base import kernel, Kernel, same_shape
+from ._threads import along_last_axis
 
 CHANNEL_AXIS = -3
 SPATIAL_AXES = (-2, -1)
@@ -28,7 +29,15 @@ def _require_channels(layer, x, channels):
 
 
 def _standardize(x, axes, eps, divide_by_std=True):
-    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation)."""
+    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation).
+    Over trailing axes (the usual case) the rows are split across threads."""
+    if sorted(a % x.ndim for a in axes) == list(range(x.ndim - len(axes), x.ndim)) and x.ndim > len(axes):
+        rows = x.reshape(x.shape[:x.ndim - len(axes)] + (-1,))
+        return along_last_axis(lambda r: _standardize_axes(r, -1, eps, divide_by_std), rows).reshape(x.shape)
+    return _standardize_axes(x, axes, eps, divide_by_std)
+
+
+def _standardize_axes(x, axes, eps, divide_by_std):
     centered = x - x.mean(axis=axes, keepdims=True)
     if not divide_by_std:
         return centered
@@ -103,6 +112,8 @@ class MeanVarianceNormalize(Kernel):
     ``layer_norm`` (eps inside the square root) to this layer, so it goes inside here too.
     """
 
+    output_shapes = same_shape
+
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
         p = self.params
@@ -116,15 +127,26 @@ class MeanVarianceNormalize(Kernel):
 
 
 def _softmax(x, axis):
-    shifted = x - x.max(axis=axis, keepdims=True)
-    e = np.exp(shifted)
+    if axis in (-1, x.ndim - 1):          # attention's case: rows split across threads
+        return along_last_axis(_softmax_rows, x)
+    e = x - x.max(axis=axis, keepdims=True)
+    np.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
+    return e
+
+
+def _softmax_rows(x):
+    e = x - x.max(axis=-1, keepdims=True)
+    np.exp(e, out=e)
+    e /= e.sum(axis=-1, keepdims=True)
     return e
 
 
 @kernel("softmax")
 class Softmax(Kernel):
     """Softmax over the channel axis (-3)."""
+
+    output_shapes = same_shape
 
     def compute(self, x):
         _require_rank(self, x, 3)
@@ -134,6 +156,8 @@ class Softmax(Kernel):
 @kernel("softmaxND")
 class SoftmaxND(Kernel):
     """Softmax over any axis (negative axes count from the end)."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -149,6 +173,8 @@ class SoftmaxND(Kernel):
 @kernel("l2normalize")
 class L2Normalize(Kernel):
     """x / sqrt(sum(x^2) + eps), the sum over C, H, W of each batch item."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -168,6 +194,8 @@ class LocalResponseNorm(Kernel):
     the edges: the window of Metal's MPSCNNCrossChannelNormalization (and of PyTorch), which
     only matters for an even localSize.
     """
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
@@ -199,6 +227,8 @@ class LocalResponseNorm(Kernel):
 @kernel("layerNormalization")
 class LayerNormalization(Kernel):
     """gamma * (x - mean) / sqrt(var + eps) + beta over the trailing ``normalizedShape`` axes."""
+
+    output_shapes = same_shape
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
