@@ -23,3 +23,32 @@ def test_winograd_matches_torch(batch, c_in, c_out, height, width, pads):
     got = winograd_forward(x, winograd_weights(w), pads, expected.shape[2:])
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+@pytest.mark.parametrize("declared, size, flexible, transformed_at_load", [
+    (16, 16, False, True),      # 16x16 outputs use Winograd: transformed by the load-time shape pass
+    (7, 7, False, False),       # 7x7 outputs never do: never transformed (no memory, no load time)
+    (7, 16, True, False),       # a flexible input predicted larger than declared: on first use
+])
+def test_winograd_weights_are_transformed_only_for_layers_that_use_them(declared, size, flexible,
+                                                                        transformed_at_load):
+    """Through a model: the layer agrees with torch either way, and holds transformed weights
+    exactly when its output is large enough for Winograd."""
+    from support import exact_rank_builder, predict_builder, set_shape_range
+    import workbench as wb
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((1, 64, size, size), dtype=np.float32)
+    b = exact_rank_builder({"x": (1, 64, declared, declared)})
+    b.add_convolution("conv", kernel_channels=64, output_channels=64, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="same", groups=1, W=w.transpose(2, 3, 1, 0), b=None,
+                      has_bias=False, input_name="x", output_name="output")
+    if flexible:
+        set_shape_range(b.spec, "x", [(1, 1), (64, 64), (4, 32), (4, 32)])
+    model = wb.load(b.spec)
+    kernel = model.network.steps[0].kernel
+    assert (kernel.winograd is not None) == transformed_at_load
+    got = model.predict({"x": x})["output"]
+    assert (kernel.winograd is not None) == (size >= 14)
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()

@@ -180,3 +180,20 @@ def test_two_preprocessing_entries_for_one_image_are_refused():
     spec.neuralNetwork.preprocessing.add().CopyFrom(spec.neuralNetwork.preprocessing[0])
     with pytest.raises(wb.ModelFormatError, match="image input 'image' has two preprocessing entries"):
         wb.load(spec)
+
+
+def test_a_dropped_model_is_freed_at_once():
+    """No reference cycles between a model and its plan: its weights go when the last reference
+    does, not at the next cyclic garbage collection (reloading a large model in a loop)."""
+    import gc
+    import weakref
+    from workbench import examples
+    gc.disable()
+    try:
+        model = wb.load(examples.example_path(), layers=examples.example_layers_dir())
+        model.predict(examples.example_cases()[0][1])
+        ref = weakref.ref(model)
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()

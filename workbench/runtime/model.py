@@ -1,4 +1,6 @@
 """Load a Core ML model, plan it once, predict, trace intermediates, swap implementations live."""
+import weakref
+
 import numpy as np
 
 from ..errors import (ImplementationError, MissingImplementationError, ModelFormatError,
@@ -53,7 +55,9 @@ class Model(LiveImplementations):
     def _plan(self):
         if not len(self.nn.layers):
             raise ModelFormatError(f"{self.name}: the neural network has no layers")
-        planner = Planner(self, self.rank5, self.spec_version, self.limits)
+        # the plan refers back to the model weakly: no reference cycle, so a dropped model's
+        # weights are freed at once rather than at the next cyclic garbage collection
+        planner = Planner(weakref.proxy(self), self.rank5, self.spec_version, self.limits)
         self.network = planner.plan(self.nn.layers, [f.name for f in self.io.inputs])
         self._custom_steps = planner.custom_steps
         self.custom_layers = [s.record for s in self._custom_steps]

@@ -133,10 +133,22 @@ class _ConvolutionBase(Kernel):
                 self.weights(weights, "weights", count)
             self.wmat, self.depthwise = self._layout(flat)
         self.winograd = None
-        if (not self.dynamic_weights and not self.deconv and self.rank == 2 and self.groups == 1
-                and self.kernel_sizes == (3, 3) and self.strides == (1, 1) and self.dilations == (1, 1)
-                and min(self.c_out, self.kernel_channels) >= WINOGRAD_MIN_CHANNELS):
+        self.winograd_eligible = (
+            not self.dynamic_weights and not self.deconv and self.rank == 2 and self.groups == 1
+            and self.kernel_sizes == (3, 3) and self.strides == (1, 1) and self.dilations == (1, 1)
+            and min(self.c_out, self.kernel_channels) >= WINOGRAD_MIN_CHANNELS)
+
+    def _winograd_for(self, outs):
+        """The Winograd weights when this layer uses them at output size ``outs``, transformed on
+        first need: at load, from the shape pass (output_shapes), for the input shapes the model
+        declares; at the first prediction only for shapes unknown at load. Layers whose maps are
+        too small for Winograd never transform (in a ResNet-18 those 7x7 layers hold 80% of the
+        3x3 weights: transforming them would cost 50 MB and most of the load time)."""
+        if not self.winograd_eligible or math.prod(outs) < WINOGRAD_MIN_PIXELS:
+            return None
+        if self.winograd is None:
             self.winograd = winograd_weights(self.wmat.reshape(self.c_out, self.kernel_channels, 3, 3))
+        return self.winograd
 
     def _deconv_weights(self, wp, count):
         """Deconvolution weights [C_in, C_out/groups, *kernel] are quantized per channel along
@@ -245,7 +257,7 @@ class _ConvolutionBase(Kernel):
             self._check_sizes(outs, x.shape)
             if depthwise:
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs)
-            elif self.winograd is not None and not self.dynamic_weights and math.prod(outs) >= WINOGRAD_MIN_PIXELS:
+            elif self._winograd_for(outs) is not None:
                 y = winograd_forward(xb, self.winograd, pads, outs)
             else:
                 y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
@@ -263,6 +275,7 @@ class _ConvolutionBase(Kernel):
         in_sizes = s[-rank:]
         outs = self._transpose_window(in_sizes)[1] if self.deconv else self._forward_pads(in_sizes)[1]
         self._check_sizes(outs, s)
+        self._winograd_for(outs)                 # the load-time shape pass prepares the weights
         return [tuple(s[:-rank - 1]) + (self.c_out,) + tuple(outs)]
 
     def _weight_input(self, w):
