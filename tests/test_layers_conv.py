@@ -465,10 +465,11 @@ def test_pytorch_conversions(module, shapes, kind):
 
 
 @pytest.mark.parametrize("channels, size, stride, dil", [
-    (96, 28, 1, 1),      # channels-last path, split over threads (96 * 28 * 28 > 2^16 outputs)
+    (96, 28, 1, 1),      # channels-last (many channels, small maps)
     (128, 15, 2, 2),     # channels-last, strided, dilated
-    (32, 56, 1, 1),      # channels-first (few channels), split over threads
-    (16, 112, 2, 1),     # channels-first, strided
+    (32, 56, 1, 1),      # flat phase slices (few channels)
+    (16, 112, 2, 1),     # flat, strided: four stride phases
+    (8, 23, 3, 2),       # flat, stride 3 with dilation 2: taps spread over phases unevenly
 ])
 def test_depthwise_paths_match_torch(channels, size, stride, dil):
     r = rng(3)

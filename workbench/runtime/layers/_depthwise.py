@@ -9,8 +9,6 @@ runs are fast, short strided image rows are slow. So:
   and the extra columns dropped at the end (1.5-2x faster than strided taps);
 - small maps with many channels run channels-last, where the inner loop walks C values;
 - anything else (3-D, channel multipliers): strided taps.
-
-All three split their channels across threads (_threads.py).
 """
 import itertools
 import math
@@ -18,7 +16,6 @@ import math
 import numpy as np
 
 from ._taps import pad_trailing, tap_slices
-from ._threads import run_split
 
 
 def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes):
@@ -45,28 +42,24 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes):
     weights = np.broadcast_to(w.reshape(1, c, kh * kw), (n, c, kh * kw)).reshape(n * c, kh * kw)
     taps = [((i * dh) % sh, (j * dw) % sw, ((i * dh) // sh) * wq + (j * dw) // sw)
             for i in range(kh) for j in range(kw)]
+    phases = {}
+    for py, px, _ in taps:
+        if (py, px) not in phases:
+            buf = np.zeros((n * c, hq, wq), np.float32)
+            q0, q1, row = _phase_range(top, py, sh, h, hq)
+            r0, r1, col = _phase_range(left, px, sw, wd, wq)
+            if q1 > q0 and r1 > r0:
+                rows = slice(row, row + (q1 - q0 - 1) * sh + 1, sh)
+                cols = slice(col, col + (r1 - r0 - 1) * sw + 1, sw)
+                buf[:, q0:q1, r0:r1] = images[:, rows, cols]
+            phases[(py, px)] = buf.reshape(n * c, hq * wq)
     out = np.empty((n * c, ho * wq), np.float32)
-
-    def work(a, b):
-        phases = {}
-        for py, px, _ in taps:
-            if (py, px) not in phases:
-                buf = np.zeros((b - a, hq, wq), np.float32)
-                q0, q1, row = _phase_range(top, py, sh, h, hq)
-                r0, r1, col = _phase_range(left, px, sw, wd, wq)
-                if q1 > q0 and r1 > r0:
-                    buf[:, q0:q1, r0:r1] = images[a:b, row:row + (q1 - q0 - 1) * sh + 1:sh,
-                                                  col:col + (r1 - r0 - 1) * sw + 1:sw]
-                phases[(py, px)] = buf.reshape(b - a, hq * wq)
-        target = out[a:b]
-        term = np.empty_like(target)
-        for k, (py, px, offset) in enumerate(taps):
-            np.multiply(phases[(py, px)][:, offset:offset + ho * wq], weights[a:b, k:k + 1],
-                        out=term if k else target)                        # the first tap initialises
-            if k:
-                target += term
-
-    run_split(work, n * c, out.size * kh * kw)
+    term = np.empty_like(out)
+    for k, (py, px, offset) in enumerate(taps):
+        np.multiply(phases[(py, px)][:, offset:offset + ho * wq], weights[:, k:k + 1],
+                    out=term if k else out)                               # the first tap initialises
+        if k:
+            out += term
     return np.ascontiguousarray(out.reshape(n, c, ho, wq)[..., :wo])
 
 
@@ -85,17 +78,12 @@ def _channels_last(xp, wdw, strides, dilations, out_sizes):
     xp = np.ascontiguousarray(np.moveaxis(xp, 1, -1))                   # [N, *padded, C]
     taps_w = np.moveaxis(wdw[:, 0], 0, -1)                               # [*kernel, C]
     out = np.empty((n,) + tuple(out_sizes) + (channels,), np.float32)
-
-    def work(c0, c1):
-        term = np.empty(out.shape[:-1] + (c1 - c0,), np.float32)
-        target = out[..., c0:c1]
-        for index, offsets in enumerate(itertools.product(*(range(k) for k in taps_w.shape[:rank]))):
-            taps = xp[(slice(None),) + tap_slices(offsets, dilations, strides, out_sizes) + (slice(c0, c1),)]
-            np.multiply(taps, taps_w[offsets][c0:c1], out=term if index else target)
-            if index:
-                target += term
-
-    run_split(work, channels, out.size * wdw[0, 0].size)
+    term = np.empty_like(out)
+    for index, offsets in enumerate(itertools.product(*(range(k) for k in taps_w.shape[:rank]))):
+        taps = xp[(slice(None),) + tap_slices(offsets, dilations, strides, out_sizes)]
+        np.multiply(taps, taps_w[offsets], out=term if index else out)
+        if index:
+            out += term
     return np.ascontiguousarray(np.moveaxis(out, -1, 1))
 
 
@@ -105,16 +93,11 @@ def _strided_taps(xp, wdw, strides, dilations, out_sizes):
     mult = wdw.shape[1]
     out = np.empty((n, channels, mult) + tuple(out_sizes), np.float32)
     expand = (slice(None), slice(None)) + (None,) * len(out_sizes)
-
-    def work(c0, c1):
-        target = out[:, c0:c1]
-        term = np.empty_like(target)
-        for index, offsets in enumerate(itertools.product(*(range(k) for k in wdw.shape[2:]))):
-            taps = xp[(slice(None), slice(c0, c1)) + tap_slices(offsets, dilations, strides, out_sizes)]
-            tap_weights = wdw[(slice(c0, c1), slice(None)) + offsets][expand]
-            np.multiply(taps[:, :, None], tap_weights, out=term if index else target)
-            if index:
-                target += term
-
-    run_split(work, channels, out.size * wdw[0, 0].size)
+    term = np.empty_like(out)
+    for index, offsets in enumerate(itertools.product(*(range(k) for k in wdw.shape[2:]))):
+        taps = xp[(slice(None), slice(None)) + tap_slices(offsets, dilations, strides, out_sizes)]
+        tap_weights = wdw[(slice(None), slice(None)) + offsets][expand]
+        np.multiply(taps[:, :, None], tap_weights, out=term if index else out)
+        if index:
+            out += term
     return out.reshape((n, channels * mult) + tuple(out_sizes))

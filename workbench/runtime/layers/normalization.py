@@ -9,7 +9,6 @@ import numpy as np
 
 from ...errors import ModelFormatError
 from ._base import kernel, Kernel, same_shape
-from ._threads import along_last_axis
 
 CHANNEL_AXIS = -3
 SPATIAL_AXES = (-2, -1)
@@ -29,15 +28,7 @@ def _require_channels(layer, x, channels):
 
 
 def _standardize(x, axes, eps, divide_by_std=True):
-    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation).
-    Over trailing axes (the usual case) the rows are split across threads."""
-    if sorted(a % x.ndim for a in axes) == list(range(x.ndim - len(axes), x.ndim)) and x.ndim > len(axes):
-        rows = x.reshape(x.shape[:x.ndim - len(axes)] + (-1,))
-        return along_last_axis(lambda r: _standardize_axes(r, -1, eps, divide_by_std), rows).reshape(x.shape)
-    return _standardize_axes(x, axes, eps, divide_by_std)
-
-
-def _standardize_axes(x, axes, eps, divide_by_std):
+    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation)."""
     centered = x - x.mean(axis=axes, keepdims=True)
     if not divide_by_std:
         return centered
@@ -127,18 +118,9 @@ class MeanVarianceNormalize(Kernel):
 
 
 def _softmax(x, axis):
-    if axis in (-1, x.ndim - 1):          # attention's case: rows split across threads
-        return along_last_axis(_softmax_rows, x)
     e = x - x.max(axis=axis, keepdims=True)
     np.exp(e, out=e)
     e /= e.sum(axis=axis, keepdims=True)
-    return e
-
-
-def _softmax_rows(x):
-    e = x - x.max(axis=-1, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(axis=-1, keepdims=True)
     return e
 
 
