@@ -31,6 +31,20 @@ class ConcatND(AxisKernel):
         self.axis = int(self.params.axis)
         self.interleave = bool(self.params.interleave)
 
+    def output_shapes(self, shapes):
+        """Interleaved or not, the inputs' lengths along the axis add up; the other axes must agree."""
+        if not shapes or any(s is None or len(s) != len(shapes[0]) for s in shapes):
+            return None
+        rank = len(shapes[0])
+        if not -rank <= self.axis < rank:
+            return None
+        axis = self.axis % rank
+        rest = {tuple(d for i, d in enumerate(s) if i != axis) for s in shapes}
+        if len(rest) != 1 or (self.interleave and len({s[axis] for s in shapes}) != 1):
+            return None
+        first = tuple(shapes[0])
+        return [first[:axis] + (sum(s[axis] for s in shapes),) + first[axis + 1:]]
+
     def compute(self, *inputs):
         axis = self.axis_for(self.axis, inputs[0].ndim)
         try:

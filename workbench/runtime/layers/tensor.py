@@ -259,6 +259,10 @@ class Transpose(ShapeKernel):
         if sorted(self.axes) != list(range(len(self.axes))):
             raise self.bad_params(f"axes {list(self.axes)} is not a permutation of 0..{len(self.axes) - 1}")
 
+    def output_shapes(self, shapes):
+        s = shapes[0]
+        return None if s is None or len(s) != len(self.axes) else [tuple(s[a] for a in self.axes)]
+
     def compute(self, x):
         if len(self.axes) != x.ndim:
             raise self.bad_input(f"axes {list(self.axes)} does not match input rank {x.ndim}")
