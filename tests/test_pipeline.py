@@ -367,3 +367,18 @@ def test_updatable_pipeline_classifier():
     want = softmax(w2 @ (w1 @ (W @ X + B)))
     assert got["label"] == labels[int(np.argmax(want))]
     np.testing.assert_allclose([got["probs"][k] for k in labels], want, rtol=1e-5)
+
+
+def test_a_dropped_pipeline_is_freed_at_once(converted_pipeline):
+    """As for models: no reference cycle keeps a pipeline's stages (and weights) alive."""
+    import gc
+    import weakref
+    gc.disable()
+    try:
+        model = wb.load(converted_pipeline[0])
+        model.predict({"x": np.ones((1, 3, 8, 8), np.float32)})
+        ref = weakref.ref(model)
+        del model
+        assert ref() is None
+    finally:
+        gc.enable()
