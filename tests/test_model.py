@@ -197,3 +197,52 @@ def test_a_dropped_model_is_freed_at_once():
         assert ref() is None
     finally:
         gc.enable()
+
+
+class ChannelCheck(wb.CustomLayer):
+    """A layer whose output_shapes insists on 2 channels on axis -3, as real layers check."""
+
+    def __init__(self, parameters):
+        self.seen = []
+
+    def set_weight_data(self, weights):
+        pass
+
+    def output_shapes(self, input_shapes):
+        self.seen.append(tuple(input_shapes[0]))
+        if len(input_shapes[0]) < 3 or input_shapes[0][-3] != 2:
+            raise ValueError(f"input shape {input_shapes[0]} must have 2 channels on axis -3")
+        return [tuple(input_shapes[0])]
+
+    def evaluate(self, inputs, outputs):
+        outputs[0][...] = inputs[0] * 2
+
+
+@pytest.mark.parametrize("arithmetic", ["concatND", "addBroadcastable"])
+def test_load_time_shapes_follow_shape_arithmetic(arithmetic):
+    """getShape -> (concatND | addBroadcastable) -> fillDynamic -> custom layer: the shape vector is
+    a value that decides a shape downstream, so the load-time pass computes it (it is tiny) and the
+    custom layer's output_shapes sees the true shape at load, as Core ML would call it."""
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    from coremltools.proto import NeuralNetwork_pb2
+    b = NeuralNetworkBuilder([("x", datatypes.Array(2, 3))], [("y", None)], disable_rank5_shape_mapping=True)
+    b.add_get_shape("shape", "x", "s")                                                 # [2, 3]
+    if arithmetic == "concatND":
+        b.add_load_constant_nd("four", "c", np.array([4.0], np.float32), shape=[1])
+        b.add_concat_nd("shape_math", ["s", "c"], "shp", axis=0)                       # [2, 3, 4]
+        expected = (2, 3, 4)
+    else:
+        b.add_load_constant_nd("ones", "c", np.array([0.0, 1.0], np.float32), shape=[2])
+        b.add_add_broadcastable("shape_math", ["s", "c"], "s2")                        # [2, 4]
+        b.add_load_constant_nd("five", "c5", np.array([5.0], np.float32), shape=[1])
+        b.add_concat_nd("cat", ["s2", "c5"], "shp", axis=0)                            # [2, 4, 5]
+        expected = (2, 4, 5)
+    b.add_fill_dynamic("fill", "shp", "f", value=1.0)
+    params = NeuralNetwork_pb2.CustomLayerParams()
+    params.className = "ChannelCheck"
+    b.add_custom(name="custom", input_names=["f"], output_names=["y"], custom_proto_spec=params)
+    model = wb.load(b.spec, layers=[ChannelCheck])
+    assert model.custom_layers[0].instance.seen == [expected]
+    assert model.blob_shapes["f"] == expected
+    assert model.predict({"x": np.zeros((2, 3), np.float32)})["y"].shape == expected

@@ -1,6 +1,4 @@
 """Load a Core ML model, plan it once, predict, trace intermediates, swap implementations live."""
-import weakref
-
 import numpy as np
 
 from ..errors import (ImplementationError, MissingImplementationError, ModelFormatError,
@@ -8,7 +6,7 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
 from . import spec as specmod
 from .features import FeatureIO
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
-from .plan import Planner
+from .plan import Planner, RunState
 from .live import LiveImplementations
 from .registry import Implementations
 
@@ -46,7 +44,7 @@ class Model(LiveImplementations):
         self.io = FeatureIO(spec, self.nn, self.type, self.rank5, name)
         self.implementations = Implementations()
         self.implementations.add_source(layers)
-        self.shapes_only = False
+        self.state = RunState(name, self.limits)
         self._plan()
         self._bind_implementations()
         self.blob_shapes = self._shape_pass()
@@ -55,9 +53,7 @@ class Model(LiveImplementations):
     def _plan(self):
         if not len(self.nn.layers):
             raise ModelFormatError(f"{self.name}: the neural network has no layers")
-        # the plan refers back to the model weakly: no reference cycle, so a dropped model's
-        # weights are freed at once rather than at the next cyclic garbage collection
-        planner = Planner(weakref.proxy(self), self.rank5, self.spec_version, self.limits)
+        planner = Planner(self.state, self.rank5, self.spec_version, self.limits)
         self.network = planner.plan(self.nn.layers, [f.name for f in self.io.inputs])
         self._custom_steps = planner.custom_steps
         self.custom_layers = [s.record for s in self._custom_steps]
@@ -96,7 +92,7 @@ class Model(LiveImplementations):
         if defaults is None:
             return {}
         scope = self.io.to_blobs(defaults, raw_images=True)
-        self.shapes_only = True
+        self.state.shapes_only = True
         try:
             with np.errstate(all="ignore"):
                 self.network.run(scope)
@@ -106,7 +102,7 @@ class Model(LiveImplementations):
             if e.__class__.__name__ == "LayerError" and getattr(e, "class_name", None):
                 raise
         finally:
-            self.shapes_only = False
+            self.state.shapes_only = False
         return {name: tuple(v.shape) for name, v in scope.items()}
 
     # ------------------------------------------------------------ running

@@ -17,6 +17,17 @@ from .limits import check_bytes, check_shape
 from .protocol import LayerGuard
 
 
+class RunState:
+    """What the steps of a plan share with their model: its name, its limits, and whether the
+    load-time shape pass is running. Not the model itself, so the plan holds no reference back
+    to it: a dropped model is freed at once, not at the next cyclic garbage collection."""
+
+    __slots__ = ("model_name", "limits", "shapes_only")
+
+    def __init__(self, model_name, limits):
+        self.model_name, self.limits, self.shapes_only = model_name, limits, False
+
+
 class Network:
     """An ordered list of steps over a shared blob scope."""
 
@@ -80,8 +91,13 @@ class BuiltinStep:
     def _shapes_only(self, scope):
         """Load-time shape pass: zeros of the shapes the kernel's rule gives, without computing.
         Returns False (run the kernel instead) when the rule cannot answer, so every error the
-        kernel would raise is still the kernel's own."""
-        shapes = [None if v is None else tuple(v.shape) for v in (scope.get(n) for n in self.inputs)]
+        kernel would raise is still the kernel's own, and when every input is small: shape
+        vectors and scalars (getShape -> add -> fillDynamic) are values that decide shapes
+        downstream, and computing them costs nothing."""
+        values = [scope.get(n) for n in self.inputs]
+        if all(v is None or v.size <= SMALL_BLOB for v in values):
+            return False
+        shapes = [None if v is None else tuple(v.shape) for v in values]
         try:
             declared = self.shape_rule(shapes)
         except Exception:
@@ -98,6 +114,7 @@ class BuiltinStep:
 
 
 _ZERO = np.zeros((), np.float32)
+SMALL_BLOB = 256          # elements: blobs this small are computed even in the shape pass
 
 
 @dataclass
