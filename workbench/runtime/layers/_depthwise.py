@@ -53,13 +53,9 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes):
                 cols = slice(col, col + (r1 - r0 - 1) * sw + 1, sw)
                 buf[:, q0:q1, r0:r1] = images[:, rows, cols]
             phases[(py, px)] = buf.reshape(n * c, hq * wq)
-    out = np.empty((n * c, ho * wq), np.float32)
-    term = np.empty_like(out)
-    for k, (py, px, offset) in enumerate(taps):
-        np.multiply(phases[(py, px)][:, offset:offset + ho * wq], weights[:, k:k + 1],
-                    out=term if k else out)                               # the first tap initialises
-        if k:
-            out += term
+    pairs = ((phases[(py, px)][:, offset:offset + ho * wq], weights[:, k:k + 1])
+             for k, (py, px, offset) in enumerate(taps))
+    out = _sum_of_products(pairs, (n * c, ho * wq))
     return np.ascontiguousarray(out.reshape(n, c, ho, wq)[..., :wo])
 
 
@@ -77,13 +73,9 @@ def _channels_last(xp, wdw, strides, dilations, out_sizes):
     rank = len(out_sizes)
     xp = np.ascontiguousarray(np.moveaxis(xp, 1, -1))                   # [N, *padded, C]
     taps_w = np.moveaxis(wdw[:, 0], 0, -1)                               # [*kernel, C]
-    out = np.empty((n,) + tuple(out_sizes) + (channels,), np.float32)
-    term = np.empty_like(out)
-    for index, offsets in enumerate(itertools.product(*(range(k) for k in taps_w.shape[:rank]))):
-        taps = xp[(slice(None),) + tap_slices(offsets, dilations, strides, out_sizes)]
-        np.multiply(taps, taps_w[offsets], out=term if index else out)
-        if index:
-            out += term
+    pairs = ((xp[(slice(None),) + tap_slices(o, dilations, strides, out_sizes)], taps_w[o])
+             for o in itertools.product(*(range(k) for k in taps_w.shape[:rank])))
+    out = _sum_of_products(pairs, (n,) + tuple(out_sizes) + (channels,))
     return np.ascontiguousarray(np.moveaxis(out, -1, 1))
 
 
@@ -91,13 +83,25 @@ def _strided_taps(xp, wdw, strides, dilations, out_sizes):
     """xp [N, C, *padded], wdw [C, mult, *kernel] -> [N, C*mult, *out]."""
     n, channels = xp.shape[:2]
     mult = wdw.shape[1]
-    out = np.empty((n, channels, mult) + tuple(out_sizes), np.float32)
-    expand = (slice(None), slice(None)) + (None,) * len(out_sizes)
-    term = np.empty_like(out)
-    for index, offsets in enumerate(itertools.product(*(range(k) for k in wdw.shape[2:]))):
-        taps = xp[(slice(None), slice(None)) + tap_slices(offsets, dilations, strides, out_sizes)]
-        tap_weights = wdw[(slice(None), slice(None)) + offsets][expand]
-        np.multiply(taps[:, :, None], tap_weights, out=term if index else out)
-        if index:
-            out += term
+    every = (slice(None), slice(None))
+    expand = every + (None,) * len(out_sizes)
+    pairs = ((xp[every + tap_slices(o, dilations, strides, out_sizes)][:, :, None], wdw[every + o][expand])
+             for o in itertools.product(*(range(k) for k in wdw.shape[2:])))
+    out = _sum_of_products(pairs, (n, channels, mult) + tuple(out_sizes))
     return out.reshape((n, channels * mult) + tuple(out_sizes))
+
+
+def _sum_of_products(pairs, shape):
+    """sum(a * b for a, b in pairs) as float32 of ``shape``, in pair order (the same rounding as
+    the plain sum), with one temporary: the first product initialises the result."""
+    out = np.empty(shape, np.float32)
+    term = None
+    for index, (a, b) in enumerate(pairs):
+        if index == 0:
+            np.multiply(a, b, out=out)
+            continue
+        if term is None:
+            term = np.empty_like(out)
+        np.multiply(a, b, out=term)
+        out += term
+    return out
