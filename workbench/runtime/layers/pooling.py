@@ -9,6 +9,7 @@ import numpy as np
 
 from ...errors import LayerError, ModelFormatError
 from ._base import Kernel, kernel
+from ._taps import pad_trailing
 from .conv import border_pairs, same_padding, valid_output
 
 # Caffe (the origin of includeLastPixel) fills max-pool windows that hold no input with -FLT_MAX.
@@ -47,17 +48,14 @@ def pool(x, plans, kind, exclude_padding):
     """Pool the trailing ``len(plans)`` axes of x. kind: "MAX", "AVERAGE" or "L2"."""
     rank = len(plans)
     sizes = x.shape[-rank:]
-    width = [(0, 0)] * (x.ndim - rank)
-    for plan, size in zip(plans, sizes):
-        # room for every window, including ceil-mode windows that overhang the declared padding
-        needed = (plan.out - 1) * plan.stride + plan.window - plan.before - size
-        width.append((plan.before, max(0, needed)))
+    # room for every window, including ceil-mode windows that overhang the declared padding
+    pads = [(plan.before, max(0, (plan.out - 1) * plan.stride + plan.window - plan.before - size))
+            for plan, size in zip(plans, sizes)]
     if kind == "MAX":
-        y = np.pad(x, width, constant_values=_MAX_FILL) if any(a or b for a, b in width) else x
+        y = pad_trailing(x, pads, _MAX_FILL)
         combine = np.maximum
     else:
-        y = x * x if kind == "L2" else x
-        y = np.pad(y, width) if any(a or b for a, b in width) else y
+        y = pad_trailing(x * x if kind == "L2" else x, pads)
         combine = np.add
     for i, plan in enumerate(plans):
         y = _window_reduce(y, x.ndim - rank + i, plan, combine)
