@@ -251,13 +251,22 @@ def _insert_at(net, position):
     return new
 
 
-def _insert_layer(spec, kind, position, input_picks):
+def _new_top_layer(spec, position, name):
+    """A new empty layer named ``name`` at ``position`` of the top network, and the blob names the
+    spec already has; (None, None) for a spec without a network."""
     nets = networks(spec)
     if not nets:
-        return
+        return None, None
     names = _blob_names(spec)
-    new = _insert_at(nets[0], position)
-    new.name = f"fuzz_{kind}"
+    layer = _insert_at(nets[0], position)
+    layer.name = name
+    return layer, names
+
+
+def _insert_layer(spec, kind, position, input_picks):
+    new, names = _new_top_layer(spec, position, f"fuzz_{kind}")
+    if new is None:
+        return
     getattr(new, kind).SetInParent()
     for pick in input_picks:
         new.input.append(names[pick % len(names)])
@@ -265,12 +274,9 @@ def _insert_layer(spec, kind, position, input_picks):
 
 
 def _endless_loop(spec, position, variant):
-    nets = networks(spec)
-    if not nets:
+    loop, names = _new_top_layer(spec, position, f"fuzz_loop_{variant}")
+    if loop is None:
         return
-    names = _blob_names(spec)
-    loop = _insert_at(nets[0], position)
-    loop.name = f"fuzz_loop_{variant}"
     p = loop.loop
     p.bodyNetwork.SetInParent()
     body = p.bodyNetwork.layers.add()
