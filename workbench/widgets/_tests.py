@@ -91,12 +91,7 @@ class TestRunner(Deferred, W.VBox):
         names = [r.name for r in report.results]
         first_failing = report.failed[0].name if report.failed else (names[0] if names else None)
         keep = self.case_choice.value if self.case_choice.value in names else first_failing
-        self._quiet = True                   # one redraw below, not one per trait set here
-        try:
-            self.case_choice.options = names
-            self.case_choice.value = keep
-        finally:
-            self._quiet = False
+        self._set_choices(self.case_choice, names, keep)
         self._case_selected()
 
     def _case_selected(self):
@@ -104,13 +99,18 @@ class TestRunner(Deferred, W.VBox):
         outputs = list(result.outputs) if result is not None else []
         keep = self.output_choice.value if self.output_choice.value in outputs else (
             result.worst_output if result is not None else None)
+        self._set_choices(self.output_choice, outputs, keep)
+        self.draw_plot()
+
+    def _set_choices(self, dropdown, options, value):
+        """Replace a dropdown's options and value without its observer firing: the caller redraws
+        once after, not once per trait set here."""
         self._quiet = True
         try:
-            self.output_choice.options = outputs
-            self.output_choice.value = keep
+            dropdown.options = options
+            dropdown.value = value
         finally:
             self._quiet = False
-        self.draw_plot()
 
     def draw_plot(self):
         """The diff plot of the selected case and output, and its first divergence when known."""
