@@ -17,8 +17,8 @@ def shape_rules_match_compute():
 
     def checked(step, scope):
         original(step, scope)
-        runtime = step.runtime
-        if step.shape_rule is None or runtime is None or runtime.shapes_only or step.kernel.uses_scope:
+        state = step.state
+        if step.shape_rule is None or state is None or state.shapes_only or step.kernel.uses_scope:
             return
         shapes = [None if v is None else tuple(np.shape(v)) for v in (scope.get(n) for n in step.inputs)]
         declared = step.shape_rule(shapes)

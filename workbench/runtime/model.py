@@ -53,7 +53,7 @@ class Model(LiveImplementations):
     def _plan(self):
         if not len(self.nn.layers):
             raise ModelFormatError(f"{self.name}: the neural network has no layers")
-        planner = Planner(self.state, self.rank5, self.spec_version, self.limits)
+        planner = Planner(self.state, self.rank5, self.spec_version)
         self.network = planner.plan(self.nn.layers, [f.name for f in self.io.inputs])
         self._custom_steps = planner.custom_steps
         self.custom_layers = [s.record for s in self._custom_steps]

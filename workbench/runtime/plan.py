@@ -43,18 +43,18 @@ class Network:
 class BuiltinStep:
     """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
 
-    def __init__(self, layer, kernel_obj, model_name, runtime=None):
+    def __init__(self, layer, kernel_obj, model_name, state=None):
         self.name, self.kind = layer.name, layer.WhichOneof("layer")
         self.inputs, self.outputs = list(layer.input), list(layer.output)
         self.kernel, self.model_name = kernel_obj, model_name
-        self.runtime = runtime
+        self.state = state
         # kernels whose output shapes follow from input shapes skip their compute in the load-time pass
         self.shape_rule = getattr(kernel_obj, "output_shapes", None)
-        self._rule_in_shape_pass = self.shape_rule is not None and runtime is not None
+        self._rule_in_shape_pass = self.shape_rule is not None and state is not None
         self._max_bytes = int(kernel_obj.ctx.limits["max_blob_bytes"])
 
     def run(self, scope):
-        if self._rule_in_shape_pass and self.runtime.shapes_only and self._shapes_only(scope):
+        if self._rule_in_shape_pass and self.state.shapes_only and self._shapes_only(scope):
             return
         try:
             if self.kernel.uses_scope:
@@ -144,11 +144,11 @@ class CustomLayerRecord:
 class CustomStep:
     """One custom layer, called with Core ML's lifecycle (see protocol.py)."""
 
-    def __init__(self, record, runtime):
-        self.record, self.runtime = record, runtime
+    def __init__(self, record, state):
+        self.record, self.state = record, state
         self.name, self.kind = record.name, "custom"
         self.inputs, self.outputs = record.inputs, record.outputs
-        self.guard = LayerGuard(runtime.model_name, record.name, record.class_name)
+        self.guard = LayerGuard(state.model_name, record.name, record.class_name)
 
     def instantiate(self, cls):
         """__init__ then set_weight_data, once, as Core ML does at load."""
@@ -164,7 +164,7 @@ class CustomStep:
         r = self.record
         if r.instance is None:
             from ..errors import MissingImplementationError
-            raise MissingImplementationError(self.runtime.model_name, [r.class_name])
+            raise MissingImplementationError(self.state.model_name, [r.class_name])
         missing = [n for n in self.inputs if n not in scope]
         if missing:
             raise self.guard.error("evaluate", f"input blob(s) {', '.join(missing)} have no value in this "
@@ -175,13 +175,13 @@ class CustomStep:
             declared = self.guard.call_method("output_shapes", r.instance, [tuple(s) for s in shapes])
             checked = self.guard.check_shapes(declared, len(self.outputs))
             for name, shape in zip(self.outputs, checked):      # before np.empty allocates them
-                check_shape(self.runtime.limits, self.runtime.model_name,
+                check_shape(self.state.limits, self.state.model_name,
                             f"layer '{r.name}' (custom layer className '{r.class_name}'), in output_shapes",
                             shape, f"output '{name}'")
             # the record changes only once output_shapes succeeded and its answer passed the checks
             r.output_shapes, r.input_shapes = checked, shapes
             r.calls["output_shapes"] += 1
-        if self.runtime.shapes_only:
+        if self.state.shapes_only:
             for name, shape in zip(self.outputs, r.output_shapes):
                 scope[name] = np.zeros(shape, np.float32)
             return
@@ -233,11 +233,11 @@ def _read_only(arr):
 class Planner:
     """Builds the Network of a model, and its nested networks, validating blob flow."""
 
-    def __init__(self, runtime, rank5, spec_version, limits):
-        self.runtime = runtime
-        self.model_name = runtime.model_name
+    def __init__(self, state, rank5, spec_version):
+        self.state = state
+        self.model_name = state.model_name
         self.ctx = Context(self.model_name, rank5=rank5, spec_version=spec_version,
-                           build_network=self._build_nested, limits=limits)
+                           build_network=self._build_nested, limits=state.limits)
         self.known = set()
         self.custom_steps = []
         self.path = []           # names of the layers whose nested networks are being planned
@@ -304,7 +304,7 @@ class Planner:
                                        f"{len(layer.input)} input(s); this layer kind takes {takes}")
         if not len(layer.output) and not kernel_obj.uses_scope:   # control flow layers have none
             raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has no output")
-        return BuiltinStep(layer, kernel_obj, self.model_name, self.runtime)
+        return BuiltinStep(layer, kernel_obj, self.model_name, self.state)
 
     def _custom_step(self, layer):
         p = layer.custom
@@ -316,6 +316,6 @@ class Planner:
             name=layer.name, class_name=p.className, description=p.description,
             parameters=specmod.custom_parameters(p), parameter_types=specmod.custom_parameter_types(p),
             weights=weights, inputs=list(layer.input), outputs=list(layer.output))
-        step = CustomStep(record, self.runtime)
+        step = CustomStep(record, self.state)
         self.custom_steps.append(step)
         return step
