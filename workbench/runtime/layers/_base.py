@@ -24,6 +24,13 @@ def kernel(*kinds):
     return register
 
 
+def fused():
+    """The compiled kernels (``_fused.py``). Imported when a kernel using them is planned, not
+    with the package: numba's import costs about 0.4 s, paid only by models that need it."""
+    from . import _fused
+    return _fused
+
+
 class Kernel:
     """Base of built-in kernels.
 

@@ -8,49 +8,12 @@ Every kernel here maps one float32 array to one of the same shape. Per-channel p
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import Kernel, kernel, same_shape
+from ._base import Kernel, fused, kernel, same_shape
 
 
 def _quiet():
     """Overflow to inf and invalid-to-NaN are Core ML's float semantics too: no warnings for them."""
     return np.errstate(over="ignore", invalid="ignore", divide="ignore", under="ignore")
-
-
-def _sigmoid(x):
-    with _quiet():
-        return np.float32(1) / (np.float32(1) + np.exp(-x))
-
-
-# ---------------------------------------------------------------- erf
-# erf(x) = x * P(x^2) / Q(x^2) on |x| <= 4, +-1 beyond (erfc(4) = 1.5e-8 is below half a float32
-# ulp of 1). P (degree 6) and Q (degree 5, Q(0) = 1) are a weighted least-squares rational fit of
-# erf(x)/x made for this module; relative error 2.5e-9 in float64, within 6 float32 ulps when
-# evaluated in float32, and about 20 numpy passes (no float64, no table gathers).
-_ERF_P = (1.1283791670955126, 0.18527999760113016, 0.05435400339089227, 0.0038564779935419044,
-          0.00038085896100584604, 4.715109380806457e-06, -1.3360234317604935e-08)
-_ERF_Q = (1.0, 0.4975335208155648, 0.11401401330707838, 0.015479842993669066,
-          0.0013106910349218788, 6.340348257154524e-05)
-_ERF_LIMIT = np.float32(4.0)
-
-
-def _horner(t, coefficients):
-    """sum(c_i t^i) in float32, in place on one buffer."""
-    acc = t * np.float32(coefficients[-1])
-    for c in coefficients[-2:0:-1]:
-        acc += np.float32(c)
-        acc *= t
-    acc += np.float32(coefficients[0])
-    return acc
-
-
-def erf(x):
-    """The Gauss error function of a float32 array, in float32 (NaN stays NaN)."""
-    xc = np.clip(x, -_ERF_LIMIT, _ERF_LIMIT)
-    t = xc * xc
-    out = _horner(t, _ERF_P)
-    out *= xc
-    out /= _horner(t, _ERF_Q)
-    return out
 
 
 # ---------------------------------------------------------------- activation
@@ -93,6 +56,8 @@ class Activation(Kernel):
             self.alpha = _channel_vector(self, self.weights(p.alpha, "alpha"), "alpha")
             self.beta = _channel_vector(self, self.weights(p.beta, "beta"), "beta")
         self.compute = getattr(self, "_" + self.nonlinearity)
+        if self.nonlinearity in ("tanh", "sigmoid"):
+            self.fused = fused()
         if self.nonlinearity in ("PReLU", "parametricSoftplus"):    # per-channel: let compute check C
             self.output_shapes = None
 
@@ -115,13 +80,13 @@ class Activation(Kernel):
         return np.where(x >= 0, x, x * self.alpha)
 
     def _tanh(self, x):
-        return np.tanh(x)
+        return self.fused.flat_map(self.fused.map_tanh, x)
 
     def _scaledTanh(self, x):
         return np.float32(self.alpha) * np.tanh(np.float32(self.beta) * x)
 
     def _sigmoid(self, x):
-        return _sigmoid(x)
+        return self.fused.flat_map(self.fused.map_sigmoid, x)
 
     def _sigmoidHard(self, x):
         return np.clip(np.float32(self.alpha) * x + np.float32(self.beta), np.float32(0), np.float32(1))
@@ -214,13 +179,10 @@ class ClampedReLU(Kernel):
         return np.minimum(np.where(x >= 0, x, x * self.alpha), self.beta)
 
 
-_SQRT_HALF = np.float32(np.sqrt(0.5))
-_SQRT_2_OVER_PI = np.float32(np.sqrt(2.0 / np.pi))
-
-
 @kernel("gelu")
 class Gelu(Kernel):
-    """GELU in the three forms the proto names: exact (erf), tanh and sigmoid approximations."""
+    """GELU in the three forms the proto names: exact (erf), tanh and sigmoid approximations
+    (formulas and float32 erf in ``_fused.py``)."""
 
     output_shapes = same_shape
 
@@ -228,29 +190,28 @@ class Gelu(Kernel):
         super().__init__(layer, ctx)
         modes = type(self.params).GeluMode
         mode = self.params.mode
-        self.mode = modes.Name(mode) if mode in modes.values() else None
-        if self.mode is None:
+        if mode not in modes.values():
             raise self.unsupported(f"gelu mode number {mode}")
+        self.mode = modes.Name(mode)
+        self.fused = fused()
+        self.mode_code = self.fused.GELU_MODES[self.mode]
 
     def compute(self, x):
-        if self.mode == "EXACT":
-            inner = erf(x * _SQRT_HALF)
-        elif self.mode == "TANH_APPROXIMATION":
-            inner = np.tanh(_SQRT_2_OVER_PI * (x + np.float32(0.044715) * x * x * x))
-        else:  # SIGMOID_APPROXIMATION: x * sigmoid(1.702 x)
-            return x * _sigmoid(np.float32(1.702) * x)
-        inner += np.float32(1)
-        inner *= np.float32(0.5)
-        inner *= x
-        return inner
+        return self.fused.flat_map(self.fused.gelu, x, self.mode_code)
 
 
 @kernel("erf")
 class Erf(Kernel):
+    """The Gauss error function in float32 (``_fused.erf``: a rational fit, 6 ulps)."""
+
     output_shapes = same_shape
 
+    def __init__(self, layer, ctx):
+        super().__init__(layer, ctx)
+        self.fused = fused()
+
     def compute(self, x):
-        return erf(x)
+        return self.fused.flat_map(self.fused.map_erf, x)
 
 
 # ---------------------------------------------------------------- parameterless unary kinds

@@ -8,7 +8,7 @@ two passes (mean, then the mean of squared deviations) so the variance never can
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import kernel, Kernel, same_shape
+from ._base import fused, kernel, Kernel, same_shape
 
 CHANNEL_AXIS = -3
 SPATIAL_AXES = (-2, -1)
@@ -28,7 +28,12 @@ def _require_channels(layer, x, channels):
 
 
 def _standardize(x, axes, eps, divide_by_std=True):
-    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation)."""
+    """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation).
+    Trailing axes (every case but batch-wide batchnorm statistics) take one compiled pass per row."""
+    if axes == tuple(range(-len(axes), 0)):
+        kernels = fused()
+        return kernels.over_trailing_axes(kernels.standardize_rows, x, len(axes), float(eps),
+                                          bool(divide_by_std))
     centered = x - x.mean(axis=axes, keepdims=True)
     if not divide_by_std:
         return centered
@@ -118,10 +123,13 @@ class MeanVarianceNormalize(Kernel):
 
 
 def _softmax(x, axis):
-    e = x - x.max(axis=axis, keepdims=True)
-    np.exp(e, out=e)
-    e /= e.sum(axis=axis, keepdims=True)
-    return e
+    """exp(x - max) / sum over ``axis``, one compiled pass per row of that axis moved last."""
+    kernels = fused()
+    axis %= x.ndim
+    if all(d == 1 for d in x.shape[axis + 1:]):          # already rows: no transpose
+        return kernels.over_trailing_axes(kernels.softmax_rows, x, x.ndim - axis)
+    moved = np.moveaxis(x, axis, -1)
+    return np.moveaxis(kernels.over_trailing_axes(kernels.softmax_rows, moved, 1), -1, axis)
 
 
 @kernel("softmax")
