@@ -242,15 +242,17 @@ def standardize_rows(x, out, eps, divide_by_std):
 # ---------------------------------------------------------------- LSTM
 
 @_jit
-def lstm_gates(pre, xproj, c, h, gate_clip, cell_clip, coupled):
-    """One LSTM step's gates (order i, f, o, z). ``pre`` [4H, Batch] is R h, ``xproj`` [Batch, 4H]
-    the step's input projection with bias, added first (the one strided pass); then the cell
-    ``c`` [H, Batch] is updated in place and the new state written to ``h`` [H, Batch].
-    Pre-activations are clipped to +-gate_clip and the cell to +-cell_clip, as the proto says."""
+def lstm_gates(pre, xproj, first, bias, c, h, gate_clip, cell_clip, coupled):
+    """One LSTM step's gates (order i, f, o, z). ``pre`` [4H, Batch] is R h; the step's input
+    projection, columns ``first:first + Batch`` of ``xproj`` [4H, Seq * Batch], and ``bias`` [4H]
+    are added to it first. Then the cell ``c`` [H, Batch] is updated in place and the new state
+    written to ``h`` [H, Batch]. Pre-activations are clipped to +-gate_clip and the cell to
+    +-cell_clip, as the proto says."""
     hidden, batch = c.shape
-    for b in range(batch):
-        for r in range(4 * hidden):
-            pre[r, b] += xproj[b, r]
+    for r in range(4 * hidden):
+        bias_r = bias[r]
+        for b in range(batch):
+            pre[r, b] += xproj[r, first + b] + bias_r
     n = hidden * batch
     p, cf, hf = pre.ravel(), c.ravel(), h.ravel()
     for k in range(n):
