@@ -255,8 +255,9 @@ class _ConvolutionBase(Kernel):
         else:
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape)
-            if depthwise:
-                y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs)
+            if depthwise:                                    # adds the bias in its own pass
+                y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias)
+                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
             elif self._winograd_for(outs) is not None:
                 y = winograd_forward(xb, self.winograd, pads, outs)
             else:
