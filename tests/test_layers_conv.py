@@ -464,18 +464,22 @@ def test_pytorch_conversions(module, shapes, kind):
     assert kind in converted_agrees(module(), *[torch.randn(*s) for s in shapes])
 
 
-@pytest.mark.parametrize("channels, size, stride, dil", [
-    (96, 28, 1, 1),      # channels-last (many channels, small maps)
-    (128, 15, 2, 2),     # channels-last, strided, dilated
-    (32, 56, 1, 1),      # flat phase slices (few channels)
-    (16, 112, 2, 1),     # flat, strided: four stride phases
-    (8, 23, 3, 2),       # flat, stride 3 with dilation 2: taps spread over phases unevenly
+@pytest.mark.parametrize("batch, channels, size, kernel, stride, dil, pads", [
+    (1, 96, 28, (3, 3), 1, 1, (1, 1, 1, 1)),      # many channels, small maps
+    (1, 128, 15, (3, 3), 2, 2, (1, 1, 1, 1)),     # strided and dilated
+    (1, 32, 56, (3, 3), 1, 1, (1, 1, 1, 1)),      # planes of several 512-output blocks
+    (1, 16, 112, (3, 3), 2, 1, (1, 1, 1, 1)),     # strided: four stride phases
+    (1, 8, 23, (3, 3), 3, 2, (1, 1, 1, 1)),       # stride 3, dilation 2: taps spread over phases unevenly
+    (3, 5, 17, (5, 2), 1, 1, (2, 0, 1, 0)),       # a batch (planes = N * C), asymmetric kernel and pads
 ])
-def test_depthwise_paths_match_torch(channels, size, stride, dil):
+def test_depthwise_paths_match_torch(batch, channels, size, kernel, stride, dil, pads):
     r = rng(3)
-    w = r.standard_normal((channels, 1, 3, 3)).astype(np.float32)
-    x = r.standard_normal((1, channels, size, size)).astype(np.float32)
+    w = r.standard_normal((channels, 1) + kernel).astype(np.float32)
+    bias = r.standard_normal(channels).astype(np.float32)
+    x = r.standard_normal((batch, channels, size, size)).astype(np.float32)
     b = builder({"data": x.shape}, True)
-    add_conv(b, w, groups=channels, stride=(stride, stride), dilation=(dil, dil), pads=(1, 1, 1, 1))
-    ref = F.conv2d(F.pad(t(x), (1, 1, 1, 1)), t(w), stride=stride, dilation=dil, groups=channels).numpy()
+    add_conv(b, w, groups=channels, stride=(stride, stride), dilation=(dil, dil), pads=pads, bias=bias)
+    top, bottom, left, right = pads
+    ref = F.conv2d(F.pad(t(x), (left, right, top, bottom)), t(w), t(bias), stride=stride, dilation=dil,
+                   groups=channels).numpy()
     check(predict(b, data=x), ref)
