@@ -1,4 +1,6 @@
 """Load a Core ML model, plan it once, predict, trace intermediates, swap implementations live."""
+import threading
+
 import numpy as np
 
 from ..errors import (ImplementationError, MissingImplementationError, ModelFormatError,
@@ -45,6 +47,7 @@ class Model(LiveImplementations):
         self.implementations = Implementations()
         self.implementations.add_source(layers)
         self.state = RunState(name, self.limits)
+        self._running = threading.RLock()
         self._plan()
         self._bind_implementations()
         self.blob_shapes = self._shape_pass()
@@ -111,19 +114,32 @@ class Model(LiveImplementations):
 
     def trace(self, inputs):
         """Every blob of the network by name, after one prediction (intermediates included)."""
+        return self._run(inputs, reuse_buffers=False)
+
+    def predict(self, inputs):
+        """Outputs by name, the way coremltools' MLModel.predict answers on macOS."""
+        with self._running:
+            # a custom layer that predicts with its own model runs inside a prediction: fresh arrays
+            scope = self._run(inputs, reuse_buffers=not self.state.reuse_buffers)
+            answer = self.io.answer(scope, self._output_blobs.__getitem__)
+            # kernels reused their arrays: an answer that is a blob, or a view of one, would
+            # change under the caller at the next prediction
+            return {name: _detached(value, scope) for name, value in answer.items()}
+
+    def _run(self, inputs, reuse_buffers):
         missing = self.missing_implementations()
         if missing:
             raise MissingImplementationError(self.name, missing)
         scope = self.io.to_blobs(inputs)
-        with np.errstate(all="ignore"):
-            self.network.run(scope)
+        with self._running:        # one run at a time: kernels' reused arrays are per model
+            outer, self.state.reuse_buffers = self.state.reuse_buffers, reuse_buffers
+            try:
+                with np.errstate(all="ignore"):
+                    self.network.run(scope)
+            finally:
+                self.state.reuse_buffers = outer
         self.blob_shapes = {name: tuple(v.shape) for name, v in scope.items()}
         return scope
-
-    def predict(self, inputs):
-        """Outputs by name, the way coremltools' MLModel.predict answers on macOS."""
-        scope = self.trace(inputs)
-        return self.io.answer(scope, self._output_blobs.__getitem__)
 
     def check(self, inputs=None):
         """Check every custom layer against MLCustomLayer's contract on this model's inputs.
@@ -158,6 +174,12 @@ class Model(LiveImplementations):
         custom = ", ".join(sorted({r.class_name for r in self.custom_layers})) or "none"
         return (f"<workbench.Model {self.name!r}: {self.type}, spec {self.spec_version}, "
                 f"{len(self.nn.layers)} layers, custom: {custom}>")
+
+
+def _detached(value, scope):
+    if isinstance(value, np.ndarray) and (value.base is not None or any(value is b for b in scope.values())):
+        return value.copy()
+    return value
 
 
 __all__ = ["load", "Model", "ImplementationError"]

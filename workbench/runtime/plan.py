@@ -22,10 +22,11 @@ class RunState:
     load-time shape pass is running. Not the model itself, so the plan holds no reference back
     to it: a dropped model is freed at once, not at the next cyclic garbage collection."""
 
-    __slots__ = ("model_name", "limits", "shapes_only")
+    __slots__ = ("model_name", "limits", "shapes_only", "reuse_buffers")
 
     def __init__(self, model_name, limits):
         self.model_name, self.limits, self.shapes_only = model_name, limits, False
+        self.reuse_buffers = False       # True while predict runs (Kernel.workspace)
 
 
 class Network:
@@ -237,7 +238,7 @@ class Planner:
         self.state = state
         self.model_name = state.model_name
         self.ctx = Context(self.model_name, rank5=rank5, spec_version=spec_version,
-                           build_network=self._build_nested, limits=state.limits)
+                           build_network=self._build_nested, limits=state.limits, state=state)
         self.known = set()
         self.custom_steps = []
         self.path = []           # names of the layers whose nested networks are being planned
@@ -296,6 +297,7 @@ class Planner:
         except Exception as e:
             raise ModelFormatError(f"{self.model_name}: layer '{layer.name}' ({kind}) has parameters the "
                                    f"runtime cannot use: {type(e).__name__}: {e}") from e
+        kernel_obj.top_level = len(self.path) == 1
         if not kernel_obj.uses_scope:
             low, high = _arity(kernel_obj.compute)
             if not low <= len(layer.input) <= high:

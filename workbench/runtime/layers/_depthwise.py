@@ -14,22 +14,22 @@ import itertools
 
 import numpy as np
 
-from ._base import fused
+from ._base import FRESH, fused
 from ._taps import pad_trailing, tap_slices
 
 
-def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None):
+def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, workspace=FRESH):
     """x [N, C, *sp], wdw [C, mult, *kernel], bias [C*mult] or None -> [N, C*mult, *out]."""
     channels, mult = x.shape[1], wdw.shape[1]
     if mult == 1 and len(out_sizes) == 2:
-        return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias)
+        return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias, workspace)
     y = _strided_taps(pad_trailing(x, pads), wdw, strides, dilations, out_sizes)
     if bias is not None:
         y += bias.reshape((-1,) + (1,) * len(out_sizes))
     return y
 
 
-def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias):
+def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace):
     """x [N, C, H, W], w [C, kh, kw]. Padded row q, column r of stride phase (py, px) holds the
     padded input at (q*sh + py, r*sw + px); tap (i, j) reads phase ((i*dh) % sh, (j*dw) % sw)
     from row (i*dh) // sh, column (j*dw) // sw on, i.e. one flat slice of ho * wq values, and
@@ -46,7 +46,8 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias):
     phase_index = {}
     for py, px, _ in taps:
         phase_index.setdefault((py, px), len(phase_index))
-    phases = np.zeros((len(phase_index), n * c, hq, wq), np.float32)
+    # the same interior is written every call: the zero border of a reused array stays zero
+    phases = workspace.get("phases", (len(phase_index), n * c, hq, wq), fill=0.0)
     for (py, px), index in phase_index.items():
         q0, q1, row = _phase_range(top, py, sh, h, hq)
         r0, r1, col = _phase_range(left, px, sw, wd, wq)
@@ -54,14 +55,16 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias):
             rows = slice(row, row + (q1 - q0 - 1) * sh + 1, sh)
             cols = slice(col, col + (r1 - r0 - 1) * sw + 1, sw)
             phases[index, :, q0:q1, r0:r1] = images[:, rows, cols]
-    out = np.empty((n * c, ho * wq), np.float32)
+    out = workspace.get("rows", (n * c, ho * wq))
     kernels = fused()
     kernels.depthwise_taps(phases.reshape(len(phase_index), n * c, hq * wq),
                            np.array([phase_index[(py, px)] for py, px, _ in taps], np.int64),
                            np.array([offset for _, _, offset in taps], np.int64),
                            np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32),
                            np.zeros(c, np.float32) if bias is None else bias.reshape(c), out)
-    return np.ascontiguousarray(out.reshape(n, c, ho, wq)[..., :wo])
+    y = workspace.get("out", (n, c, ho, wo))
+    np.copyto(y, out.reshape(n, c, ho, wq)[..., :wo])
+    return y
 
 
 def _phase_range(pad, phase, step, size, count):

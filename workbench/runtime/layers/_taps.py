@@ -1,13 +1,20 @@
 """Kernel taps over padded inputs, shared by convolution, depthwise convolution and pooling."""
 import numpy as np
 
+from ._base import FRESH
 
-def pad_trailing(x, pads, value=0.0):
-    """Pad the trailing ``len(pads)`` axes by ``(before, after)`` pairs; no copy when all are zero."""
+
+def pad_trailing(x, pads, value=0.0, workspace=FRESH):
+    """Pad the trailing ``len(pads)`` axes by ``(before, after)`` pairs; no copy when all are zero.
+    The padded array comes from ``workspace`` (see Kernel.workspace): filled with ``value`` once,
+    then only its interior is written (np.pad would rebuild it, several times slower)."""
     if not any(b or a for b, a in pads):
         return x
-    width = [(0, 0)] * (x.ndim - len(pads)) + [(int(b), int(a)) for b, a in pads]
-    return np.pad(x, width, mode="constant", constant_values=value)
+    lead = x.ndim - len(pads)
+    shape = x.shape[:lead] + tuple(int(n + b + a) for n, (b, a) in zip(x.shape[lead:], pads))
+    padded = workspace.get(("padded", value), shape, fill=value)
+    padded[(Ellipsis,) + tuple(slice(int(b), int(b) + n) for n, (b, _) in zip(x.shape[lead:], pads))] = x
+    return padded
 
 
 def tap_slices(offsets, dilations, strides, out_sizes):

@@ -15,7 +15,7 @@ import math
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
-from ._base import Kernel, kernel
+from ._base import FRESH, Kernel, kernel
 from ._depthwise import depthwise_forward
 from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
@@ -61,24 +61,33 @@ def _repeated(values, count, default):
 
 # ---------------------------------------------------------------- the engine
 
-def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_sizes):
-    """x: [N, C, *spatial]; wmat: [groups, C_out/groups, C/groups * prod(kernel)] -> [N, C_out, *out]."""
+def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_sizes, workspace=FRESH):
+    """x: [N, C, *spatial]; wmat: [groups, C_out/groups, C/groups * prod(kernel)] -> [N, C_out, *out].
+    The padded input, the im2col columns and the output come from ``workspace``."""
     n, channels = x.shape[:2]
     rank = len(kernel_sizes)
     per_group = channels // groups
     c_out = wmat.shape[0] * wmat.shape[1]
     positions = math.prod(out_sizes)
-    xp = pad_trailing(x, pads)
+    xp = pad_trailing(x, pads, workspace=workspace)
     if all(k == 1 for k in kernel_sizes):
         taps = xp[(Ellipsis,) + tap_slices((0,) * rank, dilations, strides, out_sizes)]
-        cols = np.ascontiguousarray(taps).reshape(n, groups, per_group, positions)
+        if not taps.flags.c_contiguous:
+            taps = _copy_into(workspace.get("cols", taps.shape), taps)
+        cols = taps.reshape(n, groups, per_group, positions)
     else:
-        cols = np.empty((n, channels) + tuple(kernel_sizes) + tuple(out_sizes), np.float32)
+        cols = workspace.get("cols", (n, channels) + tuple(kernel_sizes) + tuple(out_sizes))
         for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
             cols[(slice(None), slice(None)) + offsets] = \
                 xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
         cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), positions)
-    return np.matmul(wmat, cols).reshape((n, c_out) + tuple(out_sizes))
+    out = workspace.get("out", (n, groups, wmat.shape[1], positions))
+    return np.matmul(wmat, cols, out=out).reshape((n, c_out) + tuple(out_sizes))
+
+
+def _copy_into(destination, source):
+    np.copyto(destination, source)
+    return destination
 
 
 def _scatter_range(offset, stride, n_in, before, n_out):
@@ -256,13 +265,14 @@ class _ConvolutionBase(Kernel):
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape)
             if depthwise:                                    # adds the bias in its own pass
-                y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias)
+                y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
+                                      self.workspace())
                 return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
             elif self._winograd_for(outs) is not None:
                 y = winograd_forward(xb, self.winograd, pads, outs)
             else:
                 y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
-                                 self.dilations, pads, outs)
+                                 self.dilations, pads, outs, self.workspace())
         if self.bias is not None:
             y += self.bias
         return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))

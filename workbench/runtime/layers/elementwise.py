@@ -39,9 +39,10 @@ class _Elementwise(Kernel):
         self.check_shape(shape)
 
 
-def _fold(ufunc, arrays):
+def _fold(ufunc, arrays, workspace):
     """ufunc applied left to right over broadcastable arrays, reusing the accumulator when it can."""
-    acc = ufunc(arrays[0], arrays[1])
+    acc = ufunc(arrays[0], arrays[1], out=workspace.get("out", np.broadcast_shapes(arrays[0].shape,
+                                                                                   arrays[1].shape)))
     for x in arrays[2:]:
         if np.broadcast_shapes(acc.shape, x.shape) == acc.shape:
             ufunc(acc, x, out=acc)
@@ -77,7 +78,7 @@ class ClassicElementwise(_Elementwise):
                 return x * self.alpha
             return x.copy()
         self.check_broadcast(*inputs)
-        out = _fold(self.ufunc, inputs)
+        out = _fold(self.ufunc, inputs, self.workspace())
         if self.kind == "average":
             out /= np.float32(len(inputs))
         return out
@@ -202,7 +203,7 @@ class BroadcastableArithmetic(_Elementwise):
     def compute(self, *inputs):
         self.check_broadcast(*inputs)
         with _quiet():
-            return _fold(self.ufunc, inputs)
+            return _fold(self.ufunc, inputs, self.workspace())
 
 
 # ---------------------------------------------------------------- comparisons and logic
