@@ -246,3 +246,83 @@ def test_load_time_shapes_follow_shape_arithmetic(arithmetic):
     assert model.custom_layers[0].instance.seen == [expected]
     assert model.blob_shapes["f"] == expected
     assert model.predict({"x": np.zeros((2, 3), np.float32)})["y"].shape == expected
+
+
+# ---------------------------------------------------------------- arrays reused across predictions
+
+def _reusing_model():
+    """conv (im2col, padded) -> clip -> add, and a 1x1 conv; outputs are a blob itself ('clipped'),
+    a reshape view of one ('flat') and a depthwise result ('dw')."""
+    import torch
+    import torch.nn.functional as F
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    rng = np.random.default_rng(5)
+    w3 = rng.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    w1 = rng.standard_normal((6, 6, 1, 1)).astype(np.float32)
+    wd = rng.standard_normal((6, 1, 3, 3)).astype(np.float32)
+    b = NeuralNetworkBuilder([("x", datatypes.Array(4, 9, 9))], [("clipped", None), ("flat", None), ("dw", None)])
+
+    def conv(name, w, src, groups, pad):
+        b.add_convolution(name, kernel_channels=w.shape[1], output_channels=6, height=w.shape[2],
+                          width=w.shape[3], stride_height=1, stride_width=1, border_mode="valid",
+                          groups=groups, W=w.transpose(2, 3, 1, 0), b=None, has_bias=False,
+                          input_name=src, output_name=name, padding_top=pad, padding_bottom=pad,
+                          padding_left=pad, padding_right=pad)
+    conv("c3", w3, "x", 1, 1)
+    b.add_clip("clip", "c3", "clipped", min_value=-1.0, max_value=2.0)
+    conv("c1", w1, "clipped", 1, 0)
+    b.add_elementwise("sum", ["c1", "clipped"], "sum", mode="ADD")
+    conv("dw", wd, "sum", 6, 1)
+    b.add_flatten("flat", 0, "sum", "flat")
+    for output in b.spec.description.output:        # float32: the answer could be the blob itself
+        output.type.multiArrayType.dataType = output.type.multiArrayType.FLOAT32
+
+    def reference(x):
+        t = torch.from_numpy(x)[None]
+        clipped = F.conv2d(t, torch.from_numpy(w3), padding=1).clamp(-1, 2)
+        total = F.conv2d(clipped, torch.from_numpy(w1)) + clipped
+        dw = F.conv2d(total, torch.from_numpy(wd), padding=1, groups=6)
+        return {"clipped": clipped[0].numpy(), "flat": total.reshape(-1).numpy(), "dw": dw[0].numpy()}
+    return wb.load(b.spec), reference
+
+
+def test_answers_survive_later_predictions():
+    model, reference = _reusing_model()
+    rng = np.random.default_rng(6)
+    xs = [rng.standard_normal((4, 9, 9)).astype(np.float32) for _ in range(3)]
+    answers = [model.predict({"x": x}) for x in xs]            # each later run reuses the arrays
+    for x, got in zip(xs, answers):
+        want = reference(x)
+        for name in want:
+            np.testing.assert_allclose(got[name].reshape(want[name].shape), want[name], rtol=1e-5, atol=1e-5)
+
+
+def test_trace_blobs_are_never_reused():
+    model, _ = _reusing_model()
+    rng = np.random.default_rng(7)
+    first = model.trace({"x": rng.standard_normal((4, 9, 9)).astype(np.float32)})
+    kept = {name: value.copy() for name, value in first.items()}
+    model.predict({"x": rng.standard_normal((4, 9, 9)).astype(np.float32)})
+    model.trace({"x": rng.standard_normal((4, 9, 9)).astype(np.float32)})
+    for name, value in kept.items():
+        np.testing.assert_array_equal(first[name], value)
+
+
+def test_concurrent_predictions_agree_with_sequential_ones():
+    import threading
+    model, reference = _reusing_model()
+    rng = np.random.default_rng(8)
+    xs = [rng.standard_normal((4, 9, 9)).astype(np.float32) for _ in range(8)]
+    results = [None] * len(xs)
+
+    def work(i):
+        for _ in range(5):
+            results[i] = model.predict({"x": xs[i]})
+    threads = [threading.Thread(target=work, args=(i,)) for i in range(len(xs))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for x, got in zip(xs, results):
+        np.testing.assert_allclose(got["dw"], reference(x)["dw"], rtol=1e-5, atol=1e-5)

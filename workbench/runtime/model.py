@@ -121,10 +121,9 @@ class Model(LiveImplementations):
         with self._running:
             # a custom layer that predicts with its own model runs inside a prediction: fresh arrays
             scope = self._run(inputs, reuse_buffers=not self.state.reuse_buffers)
-            answer = self.io.answer(scope, self._output_blobs.__getitem__)
-            # kernels reused their arrays: an answer that is a blob, or a view of one, would
-            # change under the caller at the next prediction
-            return {name: _detached(value, scope) for name, value in answer.items()}
+            # kernels reused their arrays, so the answer must not be a blob or a view of one:
+            # FeatureIO.answer converts every output into a new array (or image, or number)
+            return self.io.answer(scope, self._output_blobs.__getitem__)
 
     def _run(self, inputs, reuse_buffers):
         missing = self.missing_implementations()
@@ -174,12 +173,6 @@ class Model(LiveImplementations):
         custom = ", ".join(sorted({r.class_name for r in self.custom_layers})) or "none"
         return (f"<workbench.Model {self.name!r}: {self.type}, spec {self.spec_version}, "
                 f"{len(self.nn.layers)} layers, custom: {custom}>")
-
-
-def _detached(value, scope):
-    if isinstance(value, np.ndarray) and (value.base is not None or any(value is b for b in scope.values())):
-        return value.copy()
-    return value
 
 
 __all__ = ["load", "Model", "ImplementationError"]
