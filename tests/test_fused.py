@@ -101,3 +101,30 @@ def test_flat_map_keeps_shape_and_reads_any_layout():
 def test_rows_of_zero_length_are_left_alone():
     x = np.zeros((3, 0), np.float32)
     assert _fused.over_trailing_axes(_fused.softmax_rows, x, 1).shape == (3, 0)
+
+
+NUMBA_SCRIPT = """
+import sys
+import numpy as np
+import workbench as wb
+from coremltools.models import datatypes
+from coremltools.models.neural_network import NeuralNetworkBuilder
+
+def model(add):
+    b = NeuralNetworkBuilder([("x", datatypes.Array(4))], [("y", None)], disable_rank5_shape_mapping=True)
+    add(b)
+    return wb.load(b.spec)
+
+model(lambda b: b.add_activation("relu", "RELU", "x", "y")).predict({"x": np.ones(4, np.float32)})
+print("after relu:", "numba" in sys.modules)
+model(lambda b: b.add_gelu("g", "x", "y")).predict({"x": np.ones(4, np.float32)})
+print("after gelu:", "numba" in sys.modules)
+"""
+
+
+def test_numba_is_imported_only_by_models_that_use_compiled_kernels():
+    import subprocess
+    import sys
+    out = subprocess.run([sys.executable, "-c", NUMBA_SCRIPT], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr
+    assert "after relu: False" in out.stdout and "after gelu: True" in out.stdout
