@@ -326,3 +326,72 @@ def test_concurrent_predictions_agree_with_sequential_ones():
         t.join()
     for x, got in zip(xs, results):
         np.testing.assert_allclose(got["dw"], reference(x)["dw"], rtol=1e-5, atol=1e-5)
+
+
+def test_reused_arrays_follow_a_flexible_input_from_size_to_size():
+    """SAME padding makes a 10-wide input pad (0, 1) and a 9-wide one (1, 1): the same padded
+    size, different borders. A reused padded array must not keep the previous call's border."""
+    import torch
+    import torch.nn.functional as F
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    from coremltools.models.neural_network import flexible_shape_utils as fsu
+    rng = np.random.default_rng(9)
+    w = rng.standard_normal((3, 3, 3, 3)).astype(np.float32)
+    wd = rng.standard_normal((3, 1, 3, 3)).astype(np.float32)
+    b = NeuralNetworkBuilder([("x", datatypes.Array(3, 10, 10))], [("y", None)])
+    for name, weights, src, groups in (("conv", w, "x", 1), ("y", wd, "conv", 3)):
+        b.add_convolution(name, kernel_channels=weights.shape[1], output_channels=3, height=3, width=3,
+                          stride_height=2, stride_width=2, border_mode="same", groups=groups,
+                          W=weights.transpose(2, 3, 1, 0), b=None, has_bias=False, input_name=src,
+                          output_name=name)
+    r = fsu.NeuralNetworkMultiArrayShapeRange()
+    r.add_channel_range((3, 3))
+    r.add_height_range((9, 10))
+    r.add_width_range((9, 10))
+    fsu.update_multiarray_shape_range(b.spec, "x", r)
+    model = wb.load(b.spec)
+
+    def same(t, weights, groups):             # bottom/right-heavy SAME padding, stride 2
+        total = max(0, (-(-t.shape[-1] // 2) - 1) * 2 + 3 - t.shape[-1])
+        return F.conv2d(F.pad(t, (total // 2, total - total // 2) * 2), torch.from_numpy(weights),
+                        stride=2, groups=groups)
+    for size in (10, 9, 10, 9):
+        x = rng.standard_normal((3, size, size)).astype(np.float32)
+        want = same(same(torch.from_numpy(x)[None], w, 1), wd, 3)[0].numpy()
+        got = model.predict({"x": x})["y"]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-5)
+
+
+def test_check_and_custom_layers_calling_back_leave_a_prediction_intact():
+    """Model.check steps through the network under the model's run lock, and a custom layer
+    that predicts with its own model gets fresh arrays: the outer prediction's blobs survive."""
+    import threading
+    model, reference = _reusing_model()
+    x = np.random.default_rng(10).standard_normal((4, 9, 9)).astype(np.float32)
+    want = reference(x)["dw"]
+    stop, bad = threading.Event(), []
+
+    def predicting():
+        while not stop.is_set():
+            got = model.predict({"x": x})["dw"]
+            if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                bad.append(got)
+    worker = threading.Thread(target=predicting)
+    worker.start()
+    try:
+        for _ in range(20):
+            model.check({"x": np.zeros((4, 9, 9), np.float32)})
+    finally:
+        stop.set()
+        worker.join()
+    assert not bad
+
+
+def test_a_model_can_be_copied():
+    import copy
+    model, reference = _reusing_model()
+    x = np.ones((4, 9, 9), np.float32)
+    model.predict({"x": x})
+    twin = copy.deepcopy(model)
+    np.testing.assert_allclose(twin.predict({"x": x})["dw"], reference(x)["dw"], rtol=1e-5, atol=1e-5)

@@ -178,8 +178,8 @@ class FeatureIO:
                 result[f.name] = self._array_out(f, arr)
             elif kind in ("doubleType", "int64Type"):
                 result[f.name] = float(arr.reshape(-1)[0]) if kind == "doubleType" else int(arr.reshape(-1)[0])
-            else:
-                result[f.name] = arr
+            else:                        # a copy: the blob's array is reused by the next prediction
+                result[f.name] = np.array(arr)
         if self.kind == "neuralNetworkClassifier":
             result.update(self._classify(scope, output_blob_for))
         return result

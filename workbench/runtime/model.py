@@ -1,4 +1,5 @@
 """Load a Core ML model, plan it once, predict, trace intermediates, swap implementations live."""
+import contextlib
 import threading
 
 import numpy as np
@@ -47,7 +48,7 @@ class Model(LiveImplementations):
         self.implementations = Implementations()
         self.implementations.add_source(layers)
         self.state = RunState(name, self.limits)
-        self._running = threading.RLock()
+        self._running, self._depth = threading.RLock(), 0
         self._plan()
         self._bind_implementations()
         self.blob_shapes = self._shape_pass()
@@ -119,8 +120,7 @@ class Model(LiveImplementations):
     def predict(self, inputs):
         """Outputs by name, the way coremltools' MLModel.predict answers on macOS."""
         with self._running:
-            # a custom layer that predicts with its own model runs inside a prediction: fresh arrays
-            scope = self._run(inputs, reuse_buffers=not self.state.reuse_buffers)
+            scope = self._run(inputs, reuse_buffers=True)
             # kernels reused their arrays, so the answer must not be a blob or a view of one:
             # FeatureIO.answer converts every output into a new array (or image, or number)
             return self.io.answer(scope, self._output_blobs.__getitem__)
@@ -130,15 +130,35 @@ class Model(LiveImplementations):
         if missing:
             raise MissingImplementationError(self.name, missing)
         scope = self.io.to_blobs(inputs)
-        with self._running:        # one run at a time: kernels' reused arrays are per model
-            outer, self.state.reuse_buffers = self.state.reuse_buffers, reuse_buffers
-            try:
-                with np.errstate(all="ignore"):
-                    self.network.run(scope)
-            finally:
-                self.state.reuse_buffers = outer
+        with self.running(reuse_buffers), np.errstate(all="ignore"):
+            self.network.run(scope)
         self.blob_shapes = {name: tuple(v.shape) for name, v in scope.items()}
         return scope
+
+    @contextlib.contextmanager
+    def running(self, reuse_buffers=False):
+        """Hold the model for one run of its network (anything stepping through
+        ``model.network`` must): runs are serialized, and kernels reuse their arrays only in an
+        outermost run that asks for it (a custom layer calling back into its own model gets
+        fresh ones, so the outer run's blobs stay intact)."""
+        with self._running:
+            outer = self.state.reuse_buffers
+            self.state.reuse_buffers = reuse_buffers and self._depth == 0
+            self._depth += 1
+            try:
+                yield
+            finally:
+                self._depth -= 1
+                self.state.reuse_buffers = outer
+
+    def __getstate__(self):         # a lock cannot be copied or pickled: the copy gets its own
+        state = dict(self.__dict__)
+        del state["_running"]
+        return state
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self._running = threading.RLock()
 
     def check(self, inputs=None):
         """Check every custom layer against MLCustomLayer's contract on this model's inputs.

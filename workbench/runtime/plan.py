@@ -13,6 +13,7 @@ import numpy as np
 from ..errors import LayerError, ModelFormatError, UnsupportedLayerError, WorkbenchError
 from . import spec as specmod
 from .layers import KERNELS, Context
+from .layers._base import Scratch
 from .limits import check_bytes, check_shape
 from .protocol import LayerGuard
 
@@ -22,11 +23,12 @@ class RunState:
     load-time shape pass is running. Not the model itself, so the plan holds no reference back
     to it: a dropped model is freed at once, not at the next cyclic garbage collection."""
 
-    __slots__ = ("model_name", "limits", "shapes_only", "reuse_buffers")
+    __slots__ = ("model_name", "limits", "shapes_only", "reuse_buffers", "scratch")
 
     def __init__(self, model_name, limits):
         self.model_name, self.limits, self.shapes_only = model_name, limits, False
         self.reuse_buffers = False       # True while predict runs (Kernel.workspace)
+        self.scratch = Scratch()
 
 
 class Network:

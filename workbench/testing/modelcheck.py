@@ -97,7 +97,7 @@ def check_model(model, inputs=None):
     else:
         scope = model.io.to_blobs(inputs)
     checks, failure = {}, None
-    with np.errstate(all="ignore"):
+    with model.running(), np.errstate(all="ignore"):
         for step in model.network.steps:
             record = getattr(step, "record", None)
             if record is not None and record.implementation is not None:

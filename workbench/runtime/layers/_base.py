@@ -4,6 +4,8 @@ A kernel is planned once at load (decode parameters and weights into the layout 
 with) and then called on every prediction with numpy arrays. The registry key is the name of
 the field set in ``NeuralNetworkLayer``'s ``layer`` oneof, e.g. ``"convolution"``.
 """
+import math
+
 import numpy as np
 
 from ...errors import UnsupportedLayerError
@@ -31,31 +33,56 @@ def fused():
     return _fused
 
 
-class Workspace:
-    """Arrays a kernel keeps from one prediction to the next: its output and its scratch (padded
-    images, im2col columns), by key. Allocating them afresh costs page faults that can outweigh
-    the arithmetic (MobileNetV2: ~9000 faults, a third of a prediction). A shape change
-    replaces the array; a padded array keeps its border from the first fill, because every
-    later call writes the same interior."""
+class Scratch:
+    """A model's scratch arrays (padded images, im2col columns, depthwise phases), one growing
+    flat pool per key, shared by its top-level kernels: they run one at a time, and need their
+    scratch only while they run. Reused from one prediction to the next, so a prediction does
+    not page in fresh memory for it (MobileNetV2: ~9000 page faults, a third of its time)."""
 
-    __slots__ = ("_arrays",)
+    __slots__ = ("_pools",)
 
     def __init__(self):
-        self._arrays = {}
+        self._pools = {}
 
     def get(self, key, shape, fill=None):
-        array = self._arrays.get(key)
-        if array is None or array.shape != tuple(shape):
-            array = np.empty(shape, np.float32) if fill is None else np.full(shape, fill, np.float32)
-            self._arrays[key] = array
+        size = math.prod(shape)
+        pool = self._pools.get(key)
+        if pool is None or pool.size < size:
+            pool = self._pools[key] = np.empty(size, np.float32)
+        array = pool[:size].reshape(shape)
+        if fill is not None:              # shared between layers: borders are rewritten every call
+            array.fill(fill)
         return array
+
+
+class Workspace:
+    """Where a kernel call's arrays come from (Kernel.workspace): its outputs, kept by the
+    kernel and reused at the next prediction while their shape holds, and the model's scratch."""
+
+    __slots__ = ("_outputs", "_scratch")
+
+    def __init__(self, scratch):
+        self._outputs, self._scratch = {}, scratch
+
+    def output(self, shape, index=0):
+        array = self._outputs.get(index)
+        if array is None or array.shape != tuple(shape):
+            array = self._outputs[index] = np.empty(shape, np.float32)
+        return array
+
+    def scratch(self, key, shape, fill=None):
+        return self._scratch.get(key, shape, fill)
 
 
 class _Fresh:
     """The workspace of runs whose blobs outlive them (``trace``, nested networks): new arrays."""
 
     @staticmethod
-    def get(key, shape, fill=None):
+    def output(shape, index=0):
+        return np.empty(shape, np.float32)
+
+    @staticmethod
+    def scratch(key, shape, fill=None):
         return np.empty(shape, np.float32) if fill is None else np.full(shape, fill, np.float32)
 
 
@@ -84,14 +111,15 @@ class Kernel:
         self._workspace = None
 
     def workspace(self):
-        """Where this call's output and scratch arrays come from: the kernel's own, reused, in a
-        ``predict`` of a top-level layer (each such layer runs once per prediction, and predict
-        copies what it returns); new ones otherwise (``trace`` hands every blob out, and a loop
-        body's blobs may be read in its next iteration)."""
+        """Where this call's output and scratch arrays come from: reused ones (the kernel's own
+        outputs, the model's shared scratch) in a ``predict`` of a top-level layer, which runs
+        once per prediction, while predict's answer is always a copy; new ones otherwise
+        (``trace`` hands every blob out, and a loop body's blobs may be read in its next
+        iteration)."""
         if not (self.top_level and self.ctx.reuse_buffers):
             return FRESH
         if self._workspace is None:
-            self._workspace = Workspace()
+            self._workspace = Workspace(self.ctx.state.scratch)
         return self._workspace
 
     def compute(self, *inputs):

@@ -46,8 +46,7 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace):
     phase_index = {}
     for py, px, _ in taps:
         phase_index.setdefault((py, px), len(phase_index))
-    # the same interior is written every call: the zero border of a reused array stays zero
-    phases = workspace.get("phases", (len(phase_index), n * c, hq, wq), fill=0.0)
+    phases = workspace.scratch("phases", (len(phase_index), n * c, hq, wq), fill=0.0)
     for (py, px), index in phase_index.items():
         q0, q1, row = _phase_range(top, py, sh, h, hq)
         r0, r1, col = _phase_range(left, px, sw, wd, wq)
@@ -55,14 +54,14 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace):
             rows = slice(row, row + (q1 - q0 - 1) * sh + 1, sh)
             cols = slice(col, col + (r1 - r0 - 1) * sw + 1, sw)
             phases[index, :, q0:q1, r0:r1] = images[:, rows, cols]
-    out = workspace.get("rows", (n * c, ho * wq))
+    out = workspace.scratch("rows", (n * c, ho * wq))
     kernels = fused()
     kernels.depthwise_taps(phases.reshape(len(phase_index), n * c, hq * wq),
                            np.array([phase_index[(py, px)] for py, px, _ in taps], np.int64),
                            np.array([offset for _, _, offset in taps], np.int64),
                            np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32),
                            np.zeros(c, np.float32) if bias is None else bias.reshape(c), out)
-    y = workspace.get("out", (n, c, ho, wo))
+    y = workspace.output((n, c, ho, wo))
     np.copyto(y, out.reshape(n, c, ho, wq)[..., :wo])
     return y
 

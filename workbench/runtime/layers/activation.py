@@ -67,7 +67,7 @@ class Activation(Kernel):
         return x * np.float32(self.alpha) + np.float32(self.beta)
 
     def _ReLU(self, x):
-        return np.maximum(x, np.float32(0), out=self.workspace().get("out", x.shape))
+        return np.maximum(x, np.float32(0), out=self.workspace().output(x.shape))
 
     def _leakyReLU(self, x):
         return np.where(x >= 0, x, x * np.float32(self.alpha))
@@ -161,7 +161,7 @@ class Clip(Kernel):
 
     def compute(self, x):
         # np.clip is minimum(maximum(x, low), high) (NaN stays NaN), in one SIMD pass
-        return np.clip(x, self.low, self.high, out=self.workspace().get("out", x.shape))
+        return np.clip(x, self.low, self.high, out=self.workspace().output(x.shape))
 
 
 @kernel("clampedReLU")

@@ -73,15 +73,15 @@ def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_si
     if all(k == 1 for k in kernel_sizes):
         taps = xp[(Ellipsis,) + tap_slices((0,) * rank, dilations, strides, out_sizes)]
         if not taps.flags.c_contiguous:
-            taps = _copy_into(workspace.get("cols", taps.shape), taps)
+            taps = _copy_into(workspace.scratch("cols", taps.shape), taps)
         cols = taps.reshape(n, groups, per_group, positions)
     else:
-        cols = workspace.get("cols", (n, channels) + tuple(kernel_sizes) + tuple(out_sizes))
+        cols = workspace.scratch("cols", (n, channels) + tuple(kernel_sizes) + tuple(out_sizes))
         for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
             cols[(slice(None), slice(None)) + offsets] = \
                 xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
         cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), positions)
-    out = workspace.get("out", (n, groups, wmat.shape[1], positions))
+    out = workspace.output((n, groups, wmat.shape[1], positions))
     return np.matmul(wmat, cols, out=out).reshape((n, c_out) + tuple(out_sizes))
 
 

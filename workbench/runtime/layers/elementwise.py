@@ -41,8 +41,8 @@ class _Elementwise(Kernel):
 
 def _fold(ufunc, arrays, workspace):
     """ufunc applied left to right over broadcastable arrays, reusing the accumulator when it can."""
-    acc = ufunc(arrays[0], arrays[1], out=workspace.get("out", np.broadcast_shapes(arrays[0].shape,
-                                                                                   arrays[1].shape)))
+    shape = np.broadcast_shapes(arrays[0].shape, arrays[1].shape)
+    acc = ufunc(arrays[0], arrays[1], out=workspace.output(shape))
     for x in arrays[2:]:
         if np.broadcast_shapes(acc.shape, x.shape) == acc.shape:
             ufunc(acc, x, out=acc)
