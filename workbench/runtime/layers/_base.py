@@ -27,8 +27,9 @@ def kernel(*kinds):
 
 
 def fused():
-    """The compiled kernels (``_fused.py``). Imported when a kernel using them is planned, not
-    with the package: numba's import costs about 0.4 s, paid only by models that need it."""
+    """The compiled kernels (``_fused.py``). Imported when a kernel first asks (at planning or at
+    its first call), not with the package: numba's import costs about 0.4 s, paid only by models
+    that need it."""
     from . import _fused
     return _fused
 

@@ -19,8 +19,9 @@ like ``a[k + offset]`` makes numba check for negative indices, which stops vecto
 Infinities and NaN keep their IEEE meaning (no ``nnan``/``ninf`` fast-math flags): exp(inf) = inf,
 exp(-inf) = 0, NaN in gives NaN out. Statistics and softmax sums accumulate in float64.
 
-numba is imported by this module, so kernels import it when they are planned (only models with
-these layers pay numba's import); each function compiles once per machine (``cache=True``).
+numba is imported by this module, so kernels import it only when they first need it (through
+``_base.fused``: only models with these layers pay numba's import); each function compiles once
+per machine (``cache=True``).
 """
 import numpy as np
 from numba import njit, types

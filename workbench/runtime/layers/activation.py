@@ -202,7 +202,7 @@ class Gelu(Kernel):
 
 @kernel("erf")
 class Erf(Kernel):
-    """The Gauss error function in float32 (``_fused.erf``: a rational fit, 6 ulps)."""
+    """The Gauss error function in float32 (``_fused.erf``: a rational fit, within 8 ulps)."""
 
     output_shapes = same_shape
 

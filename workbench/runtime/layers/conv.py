@@ -264,11 +264,11 @@ class _ConvolutionBase(Kernel):
         else:
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape)
-            if depthwise:                                    # adds the bias in its own pass
+            if depthwise:                                    # adds the bias itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
                                       self.workspace())
                 return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            elif self._winograd_for(outs) is not None:
+            if self._winograd_for(outs) is not None:
                 y = winograd_forward(xb, self.winograd, pads, outs)
             else:
                 y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
