@@ -4,7 +4,7 @@ coremltools' layer tests build a model, call ``MLModel.predict`` and compare wit
 or PyTorch references. Off macOS they skip themselves (``_is_macos()``, ``_IS_MACOS``) and
 ``MLModel`` has no Core ML proxy to predict with. Inside ``routed()`` the tests see a macOS that
 can predict, and every neural network ``MLModel`` gets a proxy that predicts with
-``workbench.load(spec)``; coremltools' own input checks and the tests' references and tolerances
+``workbench.load`` of the model's file (its spec where it has none); coremltools' own input checks and the tests' references and tolerances
 stay as they are. The patches are undone outside ``routed()``, so the rest of the session sees the
 real platform.
 """
@@ -37,11 +37,13 @@ class WorkbenchProxy:
     raised by ``predict``, so a test that only inspects the model is unaffected by it.
     """
 
-    def __init__(self, spec):
+    def __init__(self, spec, filename=None):
         self.load_error = None
         self.model = None
         try:
-            self.model = wb.load(spec)
+            # the file, where there is one, as Core ML compiles it: the runtime then reads weights
+            # as views of the file's bytes, the path every model a user loads from disk takes
+            self.model = wb.load(filename if _is_model_file(filename) else spec)
         except Exception as error:  # noqa: BLE001  (re-raised, unchanged, by predict)
             self.load_error = error
             warnings.warn(f"workbench could not load this model: {error}", RuntimeWarning)
@@ -67,8 +69,14 @@ def _routed_get_proxy_and_spec(self, filename, compute_units, skip_model_load=Fa
         self, filename, compute_units, skip_model_load=skip_model_load, optimization_hints=optimization_hints)
     if proxy is None and not skip_model_load:
         kind = spec.WhichOneof("Type")
-        proxy, error = (WorkbenchProxy(spec) if kind in NEURAL_NETWORK_TYPES else NotANeuralNetwork(kind)), None
+        proxy, error = (WorkbenchProxy(spec, filename) if kind in NEURAL_NETWORK_TYPES
+                        else NotANeuralNetwork(kind)), None
     return proxy, spec, error
+
+
+def _is_model_file(filename):
+    import os
+    return isinstance(filename, (str, os.PathLike)) and str(filename).endswith(".mlmodel") and os.path.isfile(filename)
 
 
 class NotANeuralNetwork:

@@ -12,6 +12,7 @@ from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFA
 from .plan import Planner, RunState
 from .live import LiveImplementations
 from .registry import Implementations
+from .spec import WholeSpecMixin
 
 
 def load(source, layers=None, limits=None):
@@ -22,29 +23,37 @@ def load(source, layers=None, limits=None):
     with ``@wb.custom_layer`` (or CustomLayer subclasses defined in a notebook) are found too.
     A model whose implementations are missing still loads; predict then names what is missing.
     """
-    spec, name, path = specmod.read_spec(source)
+    spec, name, path, payloads, whole = specmod.open_model(source)
     if spec.WhichOneof("Type") in ("pipeline", "pipelineClassifier", "pipelineRegressor"):
         from .pipeline import PipelineModel
-        return PipelineModel(spec, name=name, path=path, layers=layers, limits=limits)
-    return Model(spec, name=name, path=path, layers=layers, limits=limits)
+        cls = PipelineModel
+    else:
+        cls = Model
+    return cls(spec, name=name, path=path, layers=layers, limits=limits, payloads=payloads, whole=whole)
 
 
-class Model(LiveImplementations):
-    """A loaded, planned Core ML neural network. Build with ``wb.load``."""
+class Model(WholeSpecMixin, LiveImplementations):
+    """A loaded, planned Core ML neural network. Build with ``wb.load``.
 
-    def __init__(self, spec, name="<model>", path=None, layers=None, limits=None):
-        self.spec, self.name, self.path = spec, name, path
+    ``spec`` may be the model's structure alone (weights cut out, see _wire.py): then
+    ``payloads`` holds the weights and ``whole()`` gives the whole spec, which ``model.spec``
+    parses at its first use.
+    """
+
+    def __init__(self, spec, name="<model>", path=None, layers=None, limits=None, payloads=None, whole=None):
+        self._hold_spec(spec, payloads, whole)
+        self.name, self.path = name, path
         self.model_name = name
         self.type = spec.WhichOneof("Type")
         if self.type not in specmod.NEURAL_NETWORK_TYPES:
             raise UnsupportedLayerError(
                 f"{name}: the model is of type '{self.type}'; this runtime runs neural networks "
                 f"(neuralNetwork, neuralNetworkClassifier, neuralNetworkRegressor)")
-        self.nn = getattr(spec, self.type)
+        self._nn = getattr(spec, self.type)
         self.spec_version = spec.specificationVersion
-        self.rank5 = self.nn.arrayInputShapeMapping == 0
+        self.rank5 = self._nn.arrayInputShapeMapping == 0
         self.limits = merged_limits(limits)
-        self.io = FeatureIO(spec, self.nn, self.type, self.rank5, name)
+        self.io = FeatureIO(spec, self._nn, self.type, self.rank5, name)
         self.implementations = Implementations()
         self.implementations.add_source(layers)
         self.state = RunState(name, self.limits)
@@ -55,13 +64,13 @@ class Model(LiveImplementations):
 
     # ------------------------------------------------------------ planning
     def _plan(self):
-        if not len(self.nn.layers):
+        if not len(self._nn.layers):
             raise ModelFormatError(f"{self.name}: the neural network has no layers")
-        planner = Planner(self.state, self.rank5, self.spec_version)
-        self.network = planner.plan(self.nn.layers, [f.name for f in self.io.inputs])
+        planner = Planner(self.state, self.rank5, self.spec_version, self._payloads)
+        self.network = planner.plan(self._nn.layers, [f.name for f in self.io.inputs])
         self._custom_steps = planner.custom_steps
         self.custom_layers = [s.record for s in self._custom_steps]
-        last = list(self.nn.layers[-1].output)
+        last = list(self._nn.layers[-1].output)
         self._output_blobs = {}
         for f in self.io.outputs:
             if f.name in self.network.produced:
@@ -172,9 +181,14 @@ class Model(LiveImplementations):
 
     # ------------------------------------------------------------ description
     @property
+    def nn(self):
+        """The NeuralNetwork message of the whole spec (weights included)."""
+        return getattr(self.spec, self.type)
+
+    @property
     def layers(self):
         """(name, kind, inputs, outputs) of each top-level layer, in order."""
-        return [(l.name, l.WhichOneof("layer"), list(l.input), list(l.output)) for l in self.nn.layers]
+        return [(l.name, l.WhichOneof("layer"), list(l.input), list(l.output)) for l in self._nn.layers]
 
     @property
     def input_description(self):
@@ -192,7 +206,7 @@ class Model(LiveImplementations):
     def __repr__(self):
         custom = ", ".join(sorted({r.class_name for r in self.custom_layers})) or "none"
         return (f"<workbench.Model {self.name!r}: {self.type}, spec {self.spec_version}, "
-                f"{len(self.nn.layers)} layers, custom: {custom}>")
+                f"{len(self._nn.layers)} layers, custom: {custom}>")
 
 
 __all__ = ["load", "Model", "ImplementationError"]

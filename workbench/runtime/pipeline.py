@@ -54,12 +54,14 @@ class Stage:
         return f"<Stage {self.index} {self.name!r}: {self.kind}>"
 
 
-class PipelineModel(LiveImplementations):
-    """A loaded pipeline of neural networks, with Model's public contract. Build with ``wb.load``."""
+class PipelineModel(specmod.WholeSpecMixin, LiveImplementations):
+    """A loaded pipeline of neural networks, with Model's public contract. Build with ``wb.load``.
+    ``spec``, ``payloads`` and ``whole`` as for Model."""
 
-    def __init__(self, spec, name="<model>", path=None, layers=None, limits=None):
+    def __init__(self, spec, name="<model>", path=None, layers=None, limits=None, payloads=None, whole=None):
         from .model import Model
-        self.spec, self.name, self.path = spec, name, path
+        self._hold_spec(spec, payloads, whole)
+        self.name, self.path = name, path
         self.model_name = name
         self.type = spec.WhichOneof("Type")
         if self.type not in PIPELINE_TYPES:
@@ -86,7 +88,8 @@ class PipelineModel(LiveImplementations):
                                            f"stage provides")
             cls = PipelineModel if kind in PIPELINE_TYPES else Model
             model = cls(stage_spec, name=f"{name} stage {index} '{stage_name}'",
-                        layers=dict(self.implementations.classes), limits=limits)
+                        layers=dict(self.implementations.classes), limits=limits, payloads=payloads,
+                        whole=whole.stage(index) if whole is not None else None)
             self.stages.append(Stage(index, stage_name, kind, model))
             available.update(f.name for f in stage_spec.description.output)
         missing = [f.name for f in spec.description.output if f.name not in available]
@@ -106,18 +109,18 @@ class PipelineModel(LiveImplementations):
         pool = self._check_inputs(inputs)
         blobs = {}
         for stage in self.stages:
-            reads = {f.name: pool[f.name] for f in stage.model.spec.description.input if f.name in pool}
+            reads = {f.name: pool[f.name] for f in stage.model._structure.description.input if f.name in pool}
             answer, scope = run_model(stage.model, reads)
             pool.update(answer)
             blobs.update((f"{stage.name}/{blob}", value) for blob, value in scope.items())
         self.blob_shapes = {name: tuple(np.shape(v)) for name, v in blobs.items()}
-        return {f.name: pool[f.name] for f in self.spec.description.output}, blobs
+        return {f.name: pool[f.name] for f in self._structure.description.output}, blobs
 
     def _check_inputs(self, inputs):
         if not isinstance(inputs, dict):
             raise InputError(f"{self.name}: predict takes a dict of input name -> value, "
                              f"got {type(inputs).__name__}")
-        declared = {f.name: f for f in self.spec.description.input}
+        declared = {f.name: f for f in self._structure.description.input}
         unknown = sorted(set(inputs) - set(declared))
         if unknown:
             raise InputError(f"{self.name}: unknown input(s) {', '.join(unknown)}; "
@@ -165,11 +168,11 @@ class PipelineModel(LiveImplementations):
 
     @property
     def input_description(self):
-        return {f.name: specmod.describe_type(f) for f in self.spec.description.input}
+        return {f.name: specmod.describe_type(f) for f in self._structure.description.input}
 
     @property
     def output_description(self):
-        return {f.name: specmod.describe_type(f) for f in self.spec.description.output}
+        return {f.name: specmod.describe_type(f) for f in self._structure.description.output}
 
     def summary(self):
         """The pipeline's features, then each stage's summary (what `workbench inspect` prints)."""

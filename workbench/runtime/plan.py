@@ -236,18 +236,26 @@ def _read_only(arr):
 class Planner:
     """Builds the Network of a model, and its nested networks, validating blob flow."""
 
-    def __init__(self, state, rank5, spec_version):
+    def __init__(self, state, rank5, spec_version, payloads=None):
         self.state = state
         self.model_name = state.model_name
         self.ctx = Context(self.model_name, rank5=rank5, spec_version=spec_version,
-                           build_network=self._build_nested, limits=state.limits, state=state)
+                           build_network=self._build_nested, limits=state.limits, state=state,
+                           payloads=payloads)
         self.known = set()
         self.custom_steps = []
         self.path = []           # names of the layers whose nested networks are being planned
 
     def plan(self, layers, inputs):
         self.known = set(inputs)
-        return self._plan_layers(layers)
+        try:
+            return self._plan_layers(layers)
+        finally:
+            # kernels keep the context: without its link back to the planner and to the file's
+            # payloads, a dropped model (and the file buffer its weights are views of) is freed
+            # at once, not at the next cyclic garbage collection. Kernels decode their weights
+            # and plan their nested networks while they are built, so both are done with.
+            self.ctx._build_network = self.ctx.payloads = None
 
     def _build_nested(self, layers):
         limit = int(self.ctx.limits["max_nesting_depth"])
@@ -314,7 +322,8 @@ class Planner:
         p = layer.custom
         if not p.className:
             raise ModelFormatError(f"{self.model_name}: custom layer '{layer.name}' has no className")
-        weights = [specmod.decode_weights(w, f"{self.model_name}: custom layer '{layer.name}' weights[{i}]")
+        weights = [specmod.decode_weights(w, f"{self.model_name}: custom layer '{layer.name}' weights[{i}]",
+                                          payloads=self.ctx.payloads)
                    for i, w in enumerate(p.weights)]
         record = CustomLayerRecord(
             name=layer.name, class_name=p.className, description=p.description,

@@ -8,20 +8,94 @@ import numpy as np
 from google.protobuf.message import DecodeError
 
 from ..errors import ModelFormatError
-from . import _proto
+from . import _proto, _wire
 
 NEURAL_NETWORK_TYPES = ("neuralNetwork", "neuralNetworkClassifier", "neuralNetworkRegressor")
 
 
 def read_spec(source):
     """Return ``(spec, name, path)`` for a path, bytes, a Model spec or a coremltools MLModel."""
+    spec, name, path, data = _read(source)
+    return (spec if data is None else _parse(data, name)), name, path
+
+
+def open_model(source):
+    """``(structure, name, path, payloads, whole)`` for ``wb.load``: what planning needs, fast.
+
+    From a path or bytes, ``structure`` is the spec without its weight payloads, ``payloads``
+    reads them as views of the file's bytes (see _wire.py) and ``whole()`` parses the whole spec
+    when something asks for it. From a spec, an MLModel, or a file the split does not handle,
+    ``structure`` is the whole spec and ``payloads`` and ``whole`` are None.
+    """
+    spec, name, path, data = _read(source)
+    if data is None:
+        return spec, name, path, None, None
+    split = _wire.split_weights(data, _proto.Model_pb2.Model.DESCRIPTOR)
+    if split is not None:
+        structure, table = split
+        try:
+            return _parse(structure, name), name, path, _wire.Payloads(data, table), WholeSpec(data, name)
+        except ModelFormatError:
+            pass                                  # the whole file's parse names the fault
+    return _parse(data, name), name, path, None, None
+
+
+class WholeSpecMixin:
+    """``spec`` is the whole Model_pb2.Model; a model planned from its structure alone (weights
+    cut out, see _wire.py) parses it at its first use, which predict never needs."""
+
+    def _hold_spec(self, structure, payloads=None, whole=None):
+        self._structure, self._payloads, self._whole = structure, payloads, whole
+        self._spec = structure if whole is None else None
+
+    @property
+    def spec(self):
+        if self._spec is None:
+            self._spec = self._whole()
+        return self._spec
+
+
+class WholeSpec:
+    """The whole spec of a model planned from its structure: the file parsed in full at the first
+    call, once, shared with a pipeline's stages (``stage``)."""
+
+    def __init__(self, data, name):
+        self.data, self.name, self._spec = data, name, None
+
+    def __call__(self):
+        if self._spec is None:
+            self._spec = _parse(self.data, self.name)
+        return self._spec
+
+    def stage(self, index):
+        return _StageSpec(self, index)
+
+
+class _StageSpec:
+    def __init__(self, pipeline, index):
+        self.pipeline, self.index = pipeline, index
+
+    def __call__(self):
+        from .pipeline import pipeline_message
+        return pipeline_message(self.pipeline()).models[self.index]
+
+    def stage(self, index):
+        return _StageSpec(self, index)
+
+
+def _read(source):
+    """``(spec, name, path, None)`` for a spec or an MLModel, ``(None, name, path, bytes)`` for a
+    path or bytes."""
     Model = _proto.Model_pb2.Model
     if isinstance(source, Model):
-        return source, "<spec>", None
+        return source, "<spec>", None, None
     if hasattr(source, "get_spec") and callable(source.get_spec):      # coremltools MLModel
-        return source.get_spec(), "<MLModel>", None
+        return source.get_spec(), "<MLModel>", None, None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        return _parse(bytes(source), "<bytes>"), "<bytes>", None
+        data = bytes(source)
+        if not data:
+            raise ModelFormatError("<bytes>: the file is empty")
+        return None, "<bytes>", None, np.frombuffer(data, np.uint8)
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -29,20 +103,34 @@ def read_spec(source):
                                    f"custom layers and are not run by this runtime: give a .mlmodel file")
         try:
             with open(path, "rb") as f:
-                data = f.read()
+                data = _read_file(f)
         except OSError as e:
             raise ModelFormatError(f"{path}: cannot read the model file ({e.strerror})") from None
-        return _parse(data, path), os.path.basename(path), path
+        if not len(data):
+            raise ModelFormatError(f"{path}: the file is empty")
+        return None, os.path.basename(path), path, data
     raise ModelFormatError(f"cannot load a model from {type(source).__name__}: give a .mlmodel path, "
                            f"bytes, a Model_pb2.Model spec or a coremltools MLModel")
 
 
+def _read_file(f):
+    """A file's bytes as a read-only numpy buffer. Why not ``f.read()``: numpy asks the kernel
+    for huge pages for a large buffer, so a 45 MB model is paged in with tens of faults, not
+    11,000, and the buffer outlives the load (weights are views of it, see _wire.py)."""
+    data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
+    got = f.readinto(data)
+    rest = f.read()                               # a file that grew since fstat
+    data = np.concatenate([data[:got], np.frombuffer(rest, np.uint8)]) if rest else data[:got]
+    data.flags.writeable = False
+    return data
+
+
 def _parse(data, name):
-    if not data:
+    if not len(data):
         raise ModelFormatError(f"{name}: the file is empty")
     spec = _proto.Model_pb2.Model()
     try:
-        spec.ParseFromString(data)
+        spec.ParseFromString(memoryview(data))
     except (DecodeError, RuntimeError, ValueError) as e:
         if any(w in str(e) for w in ("MaxDepth", "levels of nesting", "recursion")):
             raise ModelFormatError(f"{name}: the protobuf nests messages deeper than protobuf's recursion "
@@ -58,33 +146,35 @@ def _parse(data, name):
 
 # ---------------------------------------------------------------- weights
 
-def decode_weights(w, where="weights", count=None, channels_axis_size=None):
+def decode_weights(w, where="weights", count=None, payloads=None):
     """Decode a WeightParams message to a read-only float32 1-D array.
 
     Handles floatValue, float16Value, rawValue with linear or lookup-table quantization of
     1..8 bits (bits packed most significant first, as coremltools writes them), and
     int8RawValue (scale only). ``count``, when known, is the number of weights the layer needs;
-    a mismatch is a ModelFormatError naming ``where``.
+    a mismatch is a ModelFormatError naming ``where``. ``payloads`` (a model loaded from a file)
+    holds the values cut from the structure the model was planned from.
     """
     q = w.quantization if w.HasField("quantization") else None
-    if len(w.floatValue):
-        out = np.asarray(w.floatValue, dtype=np.float32)
-    elif len(w.float16Value):
-        if len(w.float16Value) % 2:
+    float_value, float16_value, int8_value, raw_value = _storage(w, payloads)
+    if len(float_value):
+        out = np.asarray(float_value, dtype=np.float32)
+    elif len(float16_value):
+        if len(float16_value) % 2:
             raise ModelFormatError(f"{where}: float16Value has an odd number of bytes")
-        out = np.frombuffer(w.float16Value, dtype="<f2").astype(np.float32)
-    elif len(w.int8RawValue):
-        raw = np.frombuffer(w.int8RawValue, dtype=np.int8).astype(np.float32)
+        out = np.frombuffer(float16_value, dtype="<f2").astype(np.float32)
+    elif len(int8_value):
+        raw = np.frombuffer(int8_value, dtype=np.int8).astype(np.float32)
         scale = _linear_params(q, where)[0] if q is not None else np.ones(1, np.float32)
         out = _per_channel(raw, scale, np.zeros(1, np.float32), where)
-    elif len(w.rawValue):
+    elif len(raw_value):
         if q is None or q.WhichOneof("QuantizationType") is None:
             raise ModelFormatError(f"{where}: rawValue without quantization parameters")
         bits = int(q.numberOfBits)
         if not 1 <= bits <= 8:
             raise ModelFormatError(f"{where}: quantization numberOfBits={bits}, must be 1..8")
-        n = count if count is not None else (len(w.rawValue) * 8) // bits
-        codes = unpack_bits(w.rawValue, bits, n, where)
+        n = count if count is not None else (len(raw_value) * 8) // bits
+        codes = unpack_bits(raw_value, bits, n, where)
         if q.WhichOneof("QuantizationType") == "lookupTableQuantization":
             lut = np.asarray(q.lookupTableQuantization.floatValue, dtype=np.float32)
             if len(lut) != 2 ** bits:
@@ -101,6 +191,24 @@ def decode_weights(w, where="weights", count=None, channels_axis_size=None):
     out = np.ascontiguousarray(out, dtype=np.float32)
     out.flags.writeable = False
     return out
+
+
+def has_weights(w, payloads=None):
+    """Whether a WeightParams holds any values (an empty one means "absent" to some layers)."""
+    return any(len(v) for v in _storage(w, payloads))
+
+
+_STORAGE = ("floatValue", "float16Value", "int8RawValue", "rawValue")
+
+
+def _storage(w, payloads):
+    """(floatValue, float16Value, int8RawValue, rawValue), a payload cut from the file in its place."""
+    values = [w.floatValue, w.float16Value, w.int8RawValue, w.rawValue]
+    if payloads is not None and not any(len(v) for v in values):
+        found = payloads.find(w)
+        if found is not None:
+            values[_STORAGE.index(found[0])] = found[1]
+    return values
 
 
 def unpack_bits(raw, bits, count, where="weights"):

@@ -139,7 +139,7 @@ def _check_pipeline(model, inputs):
     for stage in model.stages:
         reads = None
         if pool is not None:
-            reads = {f.name: pool[f.name] for f in stage.model.spec.description.input if f.name in pool}
+            reads = {f.name: pool[f.name] for f in stage.model._structure.description.input if f.name in pool}
         result = check_model(stage.model, reads)
         for c in result.checks:
             c.layer = f"{stage.name}/{c.layer}"

@@ -134,6 +134,10 @@ class Kernel:
         """Decode a WeightParams message to a float32 1-D array (any storage form)."""
         return self.ctx.decode_weights(weight_params, f"{self.name}.{what}", count)
 
+    def has_weights(self, weight_params):
+        """Whether a WeightParams holds values (layers read an empty one as "absent")."""
+        return self.ctx.has_weights(weight_params)
+
     def check_shape(self, shape, what="output"):
         """Call before allocating a shape that parameters or input values decide (fill, tile,
         upsample, ...): a 2^40-element shape fails fast with ResourceLimitError naming this layer."""
@@ -177,13 +181,14 @@ class Context:
     """
 
     def __init__(self, model_name="<model>", rank5=False, spec_version=4, build_network=None, limits=None,
-                 state=None):
-        from ..spec import decode_weights
+                 state=None, payloads=None):
+        from ..spec import decode_weights, has_weights
         self.state = state
+        self.payloads = payloads          # weights cut from the file the model was planned from
         self.model_name = model_name
         self.rank5 = rank5
         self.spec_version = spec_version
-        self._decode = decode_weights
+        self._decode, self._has_weights = decode_weights, has_weights
         self._build_network = build_network
         from ..limits import DEFAULT_LIMITS
         self.limits = dict(DEFAULT_LIMITS, **(limits or {}))
@@ -199,7 +204,10 @@ class Context:
         return check_shape(self.limits, self.model_name, f"layer '{layer_name}'", shape, what)
 
     def decode_weights(self, weight_params, where, count=None):
-        return self._decode(weight_params, f"{self.model_name}: {where}", count)
+        return self._decode(weight_params, f"{self.model_name}: {where}", count, self.payloads)
+
+    def has_weights(self, weight_params):
+        return self._has_weights(weight_params, self.payloads)
 
     def build_network(self, layers):
         if self._build_network is None:

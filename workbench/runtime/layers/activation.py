@@ -55,13 +55,18 @@ class Activation(Kernel):
         elif self.nonlinearity == "parametricSoftplus":
             self.alpha = _channel_vector(self, self.weights(p.alpha, "alpha"), "alpha")
             self.beta = _channel_vector(self, self.weights(p.beta, "beta"), "beta")
-        self.compute = getattr(self, "_" + self.nonlinearity)
+        # the function, not a bound method: a bound method kept on the instance is a reference
+        # cycle, and would hold the kernel (and the file buffer its weights view) until a gc pass
+        self._nonlinearity = getattr(type(self), "_" + self.nonlinearity)
         if self.nonlinearity in ("tanh", "sigmoid"):
             self.fused = fused()
         if self.nonlinearity in ("PReLU", "parametricSoftplus"):    # per-channel: let compute check C
             self.output_shapes = None
 
     output_shapes = same_shape
+
+    def compute(self, x):
+        return self._nonlinearity(self, x)
 
     def _linear(self, x):
         return x * np.float32(self.alpha) + np.float32(self.beta)

@@ -236,13 +236,9 @@ class LayerNormalization(Kernel):
 
     def _affine(self, p, what, count, default):
         """gamma/beta shaped like normalizedShape; an absent one is the identity."""
-        if not p.HasField(what) or self._is_empty(getattr(p, what)):
+        if not p.HasField(what) or not self.has_weights(getattr(p, what)):
             return np.full(self.normalized_shape, default, dtype=np.float32)
         return self.weights(getattr(p, what), what, count).reshape(self.normalized_shape)
-
-    @staticmethod
-    def _is_empty(w):
-        return not (len(w.floatValue) or len(w.float16Value) or len(w.rawValue) or len(w.int8RawValue))
 
     def compute(self, x):
         if x.shape[x.ndim - len(self.normalized_shape):] != self.normalized_shape:

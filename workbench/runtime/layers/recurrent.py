@@ -234,14 +234,14 @@ class _LSTMDirection:
         for gate, short in self.GATES:
             w_param = getattr(wp, f"{gate}WeightMatrix")
             r_param = getattr(wp, f"{gate}RecursionMatrix")
-            if short == "f" and coupled and not _has_values(w_param):
+            if short == "f" and coupled and not owner.has_weights(w_param):
                 wx.append(np.zeros((H, C), np.float32))     # the forget gate is unused when coupled
                 rh.append(np.zeros((H, H), np.float32))
             else:
                 wx.append(owner._matrix(w_param, f"{where}.{gate}WeightMatrix", H, C))
                 rh.append(owner._matrix(r_param, f"{where}.{gate}RecursionMatrix", H, H))
             b_param = getattr(wp, f"{gate}BiasVector")
-            has_bias = lp.hasBiasVectors and not (short == "f" and coupled and not _has_values(b_param))
+            has_bias = lp.hasBiasVectors and not (short == "f" and coupled and not owner.has_weights(b_param))
             bias.append(np.array(owner._vector(b_param, f"{where}.{gate}BiasVector", has_bias)))
         if lp.forgetBias:
             bias[1] = bias[1] + 1
@@ -306,10 +306,6 @@ class _LSTMDirection:
             gates(pre, xproj, t * batch, self.bias, c_cols, h_cols, clip, self.cell_clip, self.coupled)
         return (np.ascontiguousarray(out.transpose(0, 2, 1)), np.ascontiguousarray(h_cols.T),
                 np.ascontiguousarray(c_cols.T))
-
-
-def _has_values(wp):
-    return bool(len(wp.floatValue) or len(wp.float16Value) or len(wp.rawValue) or len(wp.int8RawValue))
 
 
 @kernel("uniDirectionalLSTM")

@@ -1,0 +1,251 @@
+"""Split a model file's protobuf bytes into its structure and its weight payloads.
+
+Why: parsing a spec copies every weight into protobuf's memory, and decoding copies it again
+into numpy, while weights are nearly all of a model file (ResNet-18: 45 MB of 45 MB) and the
+file already stores them as numpy wants them: packed little-endian float32 (``floatValue``),
+float16 bytes, raw quantized bytes. So the loader cuts each WeightParams payload out of the
+bytes, parses the few kilobytes that remain (the structure), and reads weights as views of the
+file's bytes.
+
+Each cut payload leaves a marker in its WeightParams: an unknown varint field numbered
+``MARKER`` (the highest field number protobuf allows) holding the payload's index. Protobuf
+keeps unknown fields, so the parsed structure still says which payload belongs where.
+
+The split is conservative. Any encoding it does not expect (a group, a field running past its
+message, a singular message field given twice, unpacked floats, a marker already in the file)
+gives None, and the caller parses the whole file as before, which raises protobuf's own error
+for a corrupt one.
+"""
+import functools
+
+import numpy as np
+from google.protobuf.descriptor import FieldDescriptor
+
+MARKER = (1 << 29) - 1
+CUT_FIELDS = {1: "floatValue", 2: "float16Value", 30: "rawValue", 31: "int8RawValue"}
+_WEIGHT_PARAMS = "CoreML.Specification.WeightParams"
+MAX_DEPTH = 100               # protobuf's own recursion limit: deeper files are its error to name
+
+
+class _Unexpected(Exception):
+    """The bytes are not what the split handles: parse the whole file instead."""
+
+
+@functools.lru_cache(maxsize=None)
+def _tables(root):
+    """{message name: {field number: (child message name, repeated)}} for the message fields that
+    lead to a WeightParams, from the generated descriptors (so a newer proto is followed too)."""
+    reaches = {}
+
+    def leads(d, visiting):
+        if d.full_name == _WEIGHT_PARAMS:
+            return True
+        if d.full_name in reaches:
+            return reaches[d.full_name]
+        if d.full_name in visiting:                    # a cycle (loop bodies): decided by its other paths
+            return False
+        visiting.add(d.full_name)
+        found = any(leads(f.message_type, visiting) for f in d.fields if f.type == FieldDescriptor.TYPE_MESSAGE)
+        visiting.discard(d.full_name)
+        reaches[d.full_name] = found
+        return found
+
+    tables = {}
+    pending = [root]
+    while pending:
+        d = pending.pop()
+        if d.full_name in tables:
+            continue
+        tables[d.full_name] = children = {}
+        for f in d.fields:
+            if f.type == FieldDescriptor.TYPE_MESSAGE and leads(f.message_type, set()):
+                children[f.number] = (f.message_type.full_name, _repeated(f))
+                pending.append(f.message_type)
+    return tables
+
+
+def _repeated(field):
+    if hasattr(field, "is_repeated"):                  # protobuf >= 5.28; ``label`` is gone in 7
+        return field.is_repeated
+    return field.label == FieldDescriptor.LABEL_REPEATED
+
+
+def varint_bytes(value):
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+_MARKER_TAG = varint_bytes(MARKER << 3)
+
+
+def split_weights(data, descriptor):
+    """``(structure bytes, [(field number, offset, length), ...])`` or None (parse it whole).
+
+    ``data`` is a numpy uint8 buffer; ``descriptor`` the root message's (Model). None also when
+    the file has no payload to cut.
+    """
+    tables = _tables(descriptor)
+    payloads = []
+    try:
+        cut = _walk(memoryview(data), 0, len(data), descriptor.full_name, tables, payloads, 0)
+    except (_Unexpected, IndexError):
+        return None
+    if cut is None or not payloads:
+        return None
+    return b"".join(cut[0]), payloads
+
+
+def _varint(data, pos, end):
+    result = shift = 0
+    while True:
+        if pos >= end or shift > 63:
+            raise _Unexpected
+        byte = data[pos]
+        pos += 1
+        result |= (byte & 0x7F) << shift
+        if byte < 0x80:
+            return result, pos
+        shift += 7
+
+
+def _walk(data, start, end, name, tables, payloads, depth):
+    """(pieces, their total size) of the message data[start:end] with payloads cut, or None
+    where nothing was cut."""
+    if name == _WEIGHT_PARAMS:
+        return _cut_weight_params(data, start, end, payloads)
+    if depth > MAX_DEPTH:
+        raise _Unexpected
+    children = tables[name]
+    pieces, size, run, pos, seen = [], 0, start, start, set()
+    view = data                                       # a memoryview: slices copy nothing
+    while pos < end:
+        tag_start = pos
+        tag = data[pos]                               # one-byte varints inline: most tags and lengths
+        if tag < 0x80:
+            pos += 1
+        else:
+            tag, pos = _varint(data, pos, end)
+        wire = tag & 7
+        if wire == 2:
+            length = data[pos] if pos < end else 0x80
+            if length < 0x80:
+                pos += 1
+            else:
+                length, pos = _varint(data, pos, end)
+            if pos + length > end:
+                raise _Unexpected
+            child = children.get(tag >> 3)
+            if child is not None:
+                child_name, repeated = child
+                if not repeated:                      # protobuf merges repeats: leave that to protobuf
+                    if tag >> 3 in seen:
+                        raise _Unexpected
+                    seen.add(tag >> 3)
+                inner = _walk(data, pos, pos + length, child_name, tables, payloads, depth + 1)
+                if inner is not None:
+                    head = varint_bytes(tag) + varint_bytes(inner[1])
+                    pieces += [view[run:tag_start], head]
+                    pieces += inner[0]
+                    size += tag_start - run + len(head) + inner[1]
+                    run = pos + length
+            pos += length
+        elif wire == 0:
+            if pos < end and data[pos] < 0x80:
+                pos += 1
+            else:
+                _, pos = _varint(data, pos, end)
+        elif wire == 5:
+            pos += 4
+        elif wire == 1:
+            pos += 8
+        else:                                         # groups (3, 4) and invalid wire types
+            raise _Unexpected
+        if tag < 8 or pos > end:                      # field number 0, or past the message
+            raise _Unexpected
+    if run == start:
+        return None
+    pieces.append(view[run:end])
+    return pieces, size + end - run
+
+
+def _cut_weight_params(data, start, end, payloads):
+    fields, pos = [], start
+    while pos < end:
+        tag_start = pos
+        tag, pos = _varint(data, pos, end)
+        number, wire = tag >> 3, tag & 7
+        if number == MARKER or number == 0:
+            raise _Unexpected
+        if wire == 2:
+            length, pos = _varint(data, pos, end)
+            fields.append((number, wire, tag_start, pos, length))
+            pos += length
+        elif wire == 0:
+            _, pos = _varint(data, pos, end)
+            fields.append((number, wire, tag_start, pos, 0))
+        elif wire == 5 or wire == 1:
+            pos += 4 if wire == 5 else 8
+            fields.append((number, wire, tag_start, pos, 0))
+        else:
+            raise _Unexpected
+        if pos > end:
+            raise _Unexpected
+    cut = [f for f in fields if f[0] in CUT_FIELDS]
+    numbers = [f[0] for f in cut]
+    if not cut or len(set(numbers)) != len(numbers) or any(f[1] != 2 for f in cut):
+        return None                                   # unpacked floats, repeats: protobuf merges them
+    if any(f[0] == 1 and f[4] % 4 for f in cut):
+        raise _Unexpected                             # not whole floats: protobuf names the error
+    view = data                                       # a memoryview: slices copy nothing
+    pieces, size, run = [], 0, start
+    for number, _, tag_start, offset, length in cut:
+        marker = _MARKER_TAG + varint_bytes(len(payloads))
+        pieces += [view[run:tag_start], marker]
+        size += tag_start - run + len(marker)
+        payloads.append((number, offset, length))
+        run = offset + length
+    pieces.append(view[run:end])
+    return pieces, size + end - run
+
+
+class Payloads:
+    """The weights cut from one file (``data``, a numpy uint8 buffer): floatValue as float32 views
+    of it, and the byte fields as memoryviews. A float payload that does not start on a 4-byte
+    boundary (most of them: offsets in a file are arbitrary) is copied once into an aligned
+    arena, since numpy's BLAS calls would otherwise copy an unaligned weight at every prediction."""
+
+    def __init__(self, data, table):
+        self.data, self.table = data, table
+        self.moved = self._align_floats()
+
+    def _align_floats(self):
+        base = self.data.ctypes.data
+        unaligned = [(i, offset, length) for i, (number, offset, length) in enumerate(self.table)
+                     if number == 1 and (base + offset) % 4]
+        arena = np.empty(sum(length for _, _, length in unaligned) // 4, np.float32)   # one allocation
+        moved, at = {}, 0
+        for i, offset, length in unaligned:
+            values = arena[at:at + length // 4]
+            values.view(np.uint8)[:] = self.data[offset:offset + length]
+            values.flags.writeable = False
+            moved[i], at = values, at + length // 4
+        return moved
+
+    def find(self, weight_params):
+        """(field name, value) of the payload cut from this WeightParams, or None."""
+        from google.protobuf.unknown_fields import UnknownFieldSet
+        for field in UnknownFieldSet(weight_params):
+            if field.field_number == MARKER:
+                index = field.data
+                number, offset, length = self.table[index]
+                name = CUT_FIELDS[number]
+                if name != "floatValue":
+                    return name, memoryview(self.data[offset:offset + length])
+                if index in self.moved:
+                    return name, self.moved[index]
+                return name, self.data[offset:offset + length].view("<f4")
+        return None
