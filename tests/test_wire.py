@@ -139,7 +139,7 @@ def test_the_structure_is_protobufs_parse_without_the_weight_fields(name):
     spec = MODELS[name]()
     data, structure, payloads = split(spec)
     assert len(structure.SerializeToString()) < len(data)
-    whole = Model.FromString(data.tobytes())
+    whole = Model.FromString(spec.SerializeToString())
     for w in weight_params(whole):
         for field in _wire.CUT_FIELDS.values():
             w.ClearField(field)
@@ -151,7 +151,7 @@ def test_the_structure_is_protobufs_parse_without_the_weight_fields(name):
 def test_every_weight_decodes_from_its_payload_as_from_the_whole_parse(name):
     spec = MODELS[name]()
     data, structure, payloads = split(spec)
-    whole = list(weight_params(Model.FromString(data.tobytes())))
+    whole = list(weight_params(Model.FromString(spec.SerializeToString())))
     cut = list(weight_params(structure))
     assert len(whole) == len(cut) and len(payloads.table) > 0
     stored = {"linear 4-bit": 30, "lookup table 2-bit": 30, "linear 8-bit": 30, "float16": 2}.get(name, 1)
@@ -211,19 +211,41 @@ def test_a_pipelines_stages_give_their_whole_specs():
     assert model.spec == spec
 
 
-def test_weights_are_views_of_the_file_where_aligned_and_copies_where_not():
-    data, structure, payloads = split(conv_net())
-    floats = [(i, offset) for i, (number, offset, _) in enumerate(payloads.table) if number == 1]
-    aligned = [i for i, offset in floats if (data.ctypes.data + offset) % 4 == 0]
-    assert set(payloads.moved) == {i for i, _ in floats} - set(aligned)
-    assert payloads.moved, "conv_net has an unaligned float payload (a fixed layout: offsets do not vary)"
+@pytest.mark.parametrize("name", MODELS)
+def test_float_weights_are_aligned_views_of_the_file_buffer_which_still_gives_the_file(name):
+    spec = MODELS[name]()
+    file_bytes = spec.SerializeToString()
+    data, structure, payloads = split(spec)
+    floats = [i for i, (number, _, _) in enumerate(payloads.table) if number == 1]
     for w in weight_params(structure):
-        found = payloads.find(w)
-        if found is None or found[0] != "floatValue":
-            continue
-        values = found[1]
-        assert values.flags.aligned and not values.flags.writeable
-        assert np.shares_memory(values, data) == (not any(values is payloads.moved[i] for i in payloads.moved))
+        values = payloads.find(w).get("floatValue")
+        if values is not None:
+            assert values.flags.aligned and not values.flags.writeable
+            assert np.shares_memory(values, data)
+    assert not payloads.copies                     # coremltools' layouts always leave room to move
+    assert not data.flags.writeable
+    assert payloads.original().tobytes() == file_bytes
+    if name == "conv net":
+        assert payloads.moved and set(payloads.moved) <= set(floats)
+
+
+def test_a_payload_with_no_room_to_move_is_copied_aligned():
+    """rawValue then floatValue in one WeightParams (odd, but valid protobuf): two header bytes
+    between them, so floats 3 bytes off their boundary cannot move down and are copied."""
+    copied = 0
+    for pad in range(4):                             # the raw length decides the floats' alignment
+        original = (NN.WeightParams(rawValue=bytes(range(5 + pad))).SerializeToString()
+                    + _tag(1, 2) + _wire.varint_bytes(16) + FLOATS.tobytes())
+        data = np.frombuffer(original, np.uint8).copy()
+        structure, table = _wire.split_weights(data, NN.WeightParams.DESCRIPTOR)
+        payloads = _wire.Payloads(data, table)
+        found = payloads.find(NN.WeightParams.FromString(structure))
+        assert bytes(found["rawValue"]) == bytes(range(5 + pad))
+        np.testing.assert_array_equal(found["floatValue"], FLOATS)
+        assert found["floatValue"].flags.aligned
+        assert payloads.original().tobytes() == original
+        copied += len(payloads.copies)
+    assert copied == 1
 
 
 @pytest.mark.parametrize("name", ["conv net", "lstm", "loop", "float16"])

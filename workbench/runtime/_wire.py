@@ -16,10 +16,12 @@ message, a singular message field given twice, unpacked floats, a marker already
 gives None, and the caller parses the whole file as before, which raises protobuf's own error
 for a corrupt one.
 """
+import ctypes
 import functools
 
 import numpy as np
 from google.protobuf.descriptor import FieldDescriptor
+from google.protobuf.unknown_fields import UnknownFieldSet
 
 MARKER = (1 << 29) - 1
 CUT_FIELDS = {1: "floatValue", 2: "float16Value", 30: "rawValue", 31: "int8RawValue"}
@@ -213,39 +215,61 @@ def _cut_weight_params(data, start, end, payloads):
 
 
 class Payloads:
-    """The weights cut from one file (``data``, a numpy uint8 buffer): floatValue as float32 views
-    of it, and the byte fields as memoryviews. A float payload that does not start on a 4-byte
-    boundary (most of them: offsets in a file are arbitrary) is copied once into an aligned
-    arena, since numpy's BLAS calls would otherwise copy an unaligned weight at every prediction."""
+    """The weights cut from one file, in ``data`` (the file's bytes, a numpy uint8 buffer this
+    object owns): floatValue as float32 views of it, the byte fields as memoryviews.
+
+    numpy's BLAS calls copy an unaligned operand at every prediction, and a float payload starts
+    on a 4-byte boundary only by chance. So each unaligned one is moved 1-3 bytes down, over its
+    own field header (already parsed into the structure), and the overwritten bytes are kept to
+    give back the original file (``original``). No weight is copied anywhere else: fresh memory
+    is what a load pays for most (first touch costs more than the copy), and this way a load
+    touches the file's size once, where a whole parse touches it twice.
+    """
 
     def __init__(self, data, table):
         self.data, self.table = data, table
-        self.moved = self._align_floats()
+        self.moved = {}                     # payload index -> (new offset, the bytes the move overwrote)
+        self.copies = {}                    # payload index -> aligned copy (no room to move it)
+        self._align_floats()
+        data.flags.writeable = False
 
     def _align_floats(self):
-        base = self.data.ctypes.data
-        unaligned = [(i, offset, length) for i, (number, offset, length) in enumerate(self.table)
-                     if number == 1 and (base + offset) % 4]
-        arena = np.empty(sum(length for _, _, length in unaligned) // 4, np.float32)   # one allocation
-        moved, at = {}, 0
-        for i, offset, length in unaligned:
-            values = arena[at:at + length // 4]
-            values.view(np.uint8)[:] = self.data[offset:offset + length]
-            values.flags.writeable = False
-            moved[i], at = values, at + length // 4
-        return moved
+        base, end_of_previous = self.data.ctypes.data, 0
+        for i in sorted(range(len(self.table)), key=lambda i: self.table[i][1]):
+            number, offset, length = self.table[i]
+            shift = (base + offset) % 4 if number == 1 else 0
+            if shift and offset - shift >= end_of_previous:
+                to = offset - shift
+                self.moved[i] = to, self.data[to:offset].tobytes()
+                ctypes.memmove(base + to, base + offset, length)
+                end_of_previous = to + length
+            else:
+                if shift:
+                    self.copies[i] = np.frombuffer(self.data[offset:offset + length].tobytes(), "<f4")
+                end_of_previous = offset + length
+
+    def original(self):
+        """The file's bytes as they were read (for the whole spec, parsed only when asked for)."""
+        whole = self.data.copy()
+        for i, (to, overwritten) in self.moved.items():
+            _, offset, length = self.table[i]
+            whole[offset:offset + length] = self.data[to:to + length]
+            whole[to:offset] = np.frombuffer(overwritten, np.uint8)
+        return whole
 
     def find(self, weight_params):
-        """(field name, value) of the payload cut from this WeightParams, or None."""
-        from google.protobuf.unknown_fields import UnknownFieldSet
+        """{field name: value} of the payloads cut from this WeightParams (empty: none was)."""
+        found = {}
         for field in UnknownFieldSet(weight_params):
             if field.field_number == MARKER:
                 index = field.data
                 number, offset, length = self.table[index]
                 name = CUT_FIELDS[number]
                 if name != "floatValue":
-                    return name, memoryview(self.data[offset:offset + length])
-                if index in self.moved:
-                    return name, self.moved[index]
-                return name, self.data[offset:offset + length].view("<f4")
-        return None
+                    found[name] = memoryview(self.data[offset:offset + length])
+                elif index in self.copies:
+                    found[name] = self.copies[index]
+                else:
+                    offset = self.moved[index][0] if index in self.moved else offset
+                    found[name] = np.frombuffer(self.data, "<f4", length // 4, offset)
+        return found

@@ -34,9 +34,12 @@ def open_model(source):
     if split is not None:
         structure, table = split
         try:
-            return _parse(structure, name), name, path, _wire.Payloads(data, table), WholeSpec(data, name)
+            parsed = _parse(structure, name)
         except ModelFormatError:
-            pass                                  # the whole file's parse names the fault
+            parsed = None                         # the whole file's parse names the fault
+        if parsed is not None:
+            payloads = _wire.Payloads(data, table)
+            return parsed, name, path, payloads, WholeSpec(payloads.original, name)
     return _parse(data, name), name, path, None, None
 
 
@@ -56,15 +59,15 @@ class WholeSpecMixin:
 
 
 class WholeSpec:
-    """The whole spec of a model planned from its structure: the file parsed in full at the first
-    call, once, shared with a pipeline's stages (``stage``)."""
+    """The whole spec of a model planned from its structure: the file (``read()`` gives its
+    bytes) parsed in full at the first call, once, shared with a pipeline's stages (``stage``)."""
 
-    def __init__(self, data, name):
-        self.data, self.name, self._spec = data, name, None
+    def __init__(self, read, name):
+        self.read, self.name, self._spec = read, name, None
 
     def __call__(self):
         if self._spec is None:
-            self._spec = _parse(self.data, self.name)
+            self._spec = _parse(self.read(), self.name)
         return self._spec
 
     def stage(self, index):
@@ -92,10 +95,10 @@ def _read(source):
     if hasattr(source, "get_spec") and callable(source.get_spec):      # coremltools MLModel
         return source.get_spec(), "<MLModel>", None, None
     if isinstance(source, (bytes, bytearray, memoryview)):
-        data = bytes(source)
-        if not data:
+        if not len(source):
             raise ModelFormatError("<bytes>: the file is empty")
-        return None, "<bytes>", None, np.frombuffer(data, np.uint8)
+        # a copy: the caller's bytes stay theirs, and the loader aligns weights inside its buffer
+        return None, "<bytes>", None, np.frombuffer(source, np.uint8).copy()
     if isinstance(source, (str, os.PathLike)):
         path = os.fspath(source)
         if os.path.isdir(path):
@@ -114,15 +117,13 @@ def _read(source):
 
 
 def _read_file(f):
-    """A file's bytes as a read-only numpy buffer. Why not ``f.read()``: numpy asks the kernel
-    for huge pages for a large buffer, so a 45 MB model is paged in with tens of faults, not
-    11,000, and the buffer outlives the load (weights are views of it, see _wire.py)."""
+    """A file's bytes as a numpy buffer. Why not ``f.read()``: the buffer outlives the load
+    (weights are views of it, aligned in place, see _wire.py), and numpy asks the kernel for
+    huge pages for a large one, so a 45 MB model is paged in with tens of faults, not 11,000."""
     data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
     got = f.readinto(data)
     rest = f.read()                               # a file that grew since fstat
-    data = np.concatenate([data[:got], np.frombuffer(rest, np.uint8)]) if rest else data[:got]
-    data.flags.writeable = False
-    return data
+    return np.concatenate([data[:got], np.frombuffer(rest, np.uint8)]) if rest else data[:got]
 
 
 def _parse(data, name):
@@ -203,12 +204,8 @@ _STORAGE = ("floatValue", "float16Value", "int8RawValue", "rawValue")
 
 def _storage(w, payloads):
     """(floatValue, float16Value, int8RawValue, rawValue), a payload cut from the file in its place."""
-    values = [w.floatValue, w.float16Value, w.int8RawValue, w.rawValue]
-    if payloads is not None and not any(len(v) for v in values):
-        found = payloads.find(w)
-        if found is not None:
-            values[_STORAGE.index(found[0])] = found[1]
-    return values
+    found = payloads.find(w) if payloads is not None else {}
+    return [found.get(name, getattr(w, name)) if found else getattr(w, name) for name in _STORAGE]
 
 
 def unpack_bits(raw, bits, count, where="weights"):
