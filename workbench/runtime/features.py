@@ -64,8 +64,10 @@ class FeatureIO:
                 return None
         return out
 
-    def to_blobs(self, values, raw_images=False):
-        """Map predict's inputs to network blobs; ``raw_images`` accepts [C,H,W] arrays for images."""
+    def to_blobs(self, values, raw_images=False, copy=True):
+        """Map predict's inputs to network blobs; ``raw_images`` accepts [C,H,W] arrays for images.
+        ``copy=False`` only for arrays the caller made for this (the load-time shape pass's zeros,
+        which stay untouched lazy pages when no layer computes on them)."""
         if not isinstance(values, dict):
             raise InputError(f"{self.model_name}: predict takes a dict of input name -> value, "
                              f"got {type(values).__name__}")
@@ -84,16 +86,17 @@ class FeatureIO:
             if kind == "imageType":
                 blobs[f.name] = self._image_blob(f, values[f.name], raw_images)
             elif kind == "multiArrayType":
-                blobs[f.name] = self._array_blob(f, values[f.name])
+                blobs[f.name] = self._array_blob(f, values[f.name], copy)
             elif kind in ("int64Type", "doubleType"):
                 blobs[f.name] = self._array_blob(f, np.asarray(values[f.name], np.float32).reshape(1))
             else:
                 raise InputError(f"{self.model_name}: input '{f.name}' of type {kind} cannot feed a neural network")
         return blobs
 
-    def _array_blob(self, f, value):
+    def _array_blob(self, f, value, copy=True):
         try:
-            arr = np.array(value, dtype=np.float32)      # a copy: no layer can reach the caller's array
+            # a copy: no layer can reach the caller's array
+            arr = np.array(value, dtype=np.float32) if copy else np.asarray(value, dtype=np.float32)
         except (TypeError, ValueError) as e:
             raise InputError(f"{self.model_name}: input '{f.name}' is not numeric: {e}") from None
         declared = specmod.array_shape(f)

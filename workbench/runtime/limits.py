@@ -35,14 +35,14 @@ def check_shape(limits, model_name, where, shape, what="output"):
     """Refuse a shape before allocating it: dimensions must be non-negative integers and the
     blob must fit ``max_blob_bytes``. ``where`` names the layer or input ("layer 'up1'")."""
     try:
-        dims = [int(d) for d in shape]
+        dims = tuple(map(int, shape))
     except (TypeError, ValueError, OverflowError):
         raise ModelFormatError(f"{model_name}: {where}: the {what} shape {shape!r} is not a list of "
                                f"integers") from None
-    if any(d < 0 for d in dims):
-        raise ModelFormatError(f"{model_name}: {where}: the {what} shape {tuple(dims)} has a negative dimension")
-    check_bytes(limits, model_name, where, math.prod(dims) * FLOAT32_BYTES, what, tuple(dims))
-    return tuple(dims)
+    if dims and min(dims) < 0:
+        raise ModelFormatError(f"{model_name}: {where}: the {what} shape {dims} has a negative dimension")
+    check_bytes(limits, model_name, where, math.prod(dims) * FLOAT32_BYTES, what, dims)
+    return dims
 
 
 def check_bytes(limits, model_name, where, nbytes, what="output", shape=None):

@@ -104,7 +104,7 @@ class Model(WholeSpecMixin, LiveImplementations):
         defaults = self.io.default_inputs(self.limits)
         if defaults is None:
             return {}
-        scope = self.io.to_blobs(defaults, raw_images=True)
+        scope = self.io.to_blobs(defaults, raw_images=True, copy=False)
         self.state.shapes_only = True
         try:
             with np.errstate(all="ignore"):

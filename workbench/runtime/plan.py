@@ -97,10 +97,16 @@ class BuiltinStep:
         kernel would raise is still the kernel's own, and when every input is small: shape
         vectors and scalars (getShape -> add -> fillDynamic) are values that decide shapes
         downstream, and computing them costs nothing."""
-        values = [scope.get(n) for n in self.inputs]
-        if all(v is None or v.size <= SMALL_BLOB for v in values):
+        shapes, small = [], True
+        for name in self.inputs:
+            value = scope.get(name)
+            if value is None:
+                shapes.append(None)
+            else:
+                shapes.append(value.shape)
+                small = small and value.size <= SMALL_BLOB
+        if small:
             return False
-        shapes = [None if v is None else tuple(v.shape) for v in values]
         try:
             declared = self.shape_rule(shapes)
         except Exception:

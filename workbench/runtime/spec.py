@@ -204,8 +204,10 @@ _STORAGE = ("floatValue", "float16Value", "int8RawValue", "rawValue")
 
 def _storage(w, payloads):
     """(floatValue, float16Value, int8RawValue, rawValue), a payload cut from the file in its place."""
-    found = payloads.find(w) if payloads is not None else {}
-    return [found.get(name, getattr(w, name)) if found else getattr(w, name) for name in _STORAGE]
+    found = payloads.find(w) if payloads is not None else None
+    if not found:
+        return [w.floatValue, w.float16Value, w.int8RawValue, w.rawValue]
+    return [found[name] if name in found else getattr(w, name) for name in _STORAGE]
 
 
 def unpack_bits(raw, bits, count, where="weights"):
