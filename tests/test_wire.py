@@ -83,13 +83,14 @@ def loop_net():
     return b.spec
 
 
-def pipeline_of(*stages):
+def pipeline_of(*stages, kind="pipeline"):
     spec = Model()
     spec.specificationVersion = max(s.specificationVersion for s in stages)
     spec.description.input.extend(stages[0].description.input)
     spec.description.output.extend(stages[-1].description.output)
+    pipe = spec.pipeline if kind == "pipeline" else getattr(spec, kind).pipeline
     for stage in stages:
-        spec.pipeline.models.add().CopyFrom(stage)
+        pipe.models.add().CopyFrom(stage)
     return spec
 
 
@@ -103,6 +104,8 @@ MODELS = {
     "linear 8-bit": lambda: quantized(conv_net(batchnorm=False), "linear", 8),
     "float16": lambda: quantized(conv_net(batchnorm=False), "float16", 16),
     "pipeline": lambda: pipeline_of(conv_net(), conv_net()),
+    "pipeline regressor": lambda: pipeline_of(conv_net(), kind="pipelineRegressor"),
+    "pipeline classifier": lambda: pipeline_of(conv_net(), kind="pipelineClassifier"),
 }
 
 
@@ -265,6 +268,65 @@ def test_a_dropped_model_is_freed_at_once_with_its_file_buffer(name):
         gc.enable()
 
 
+def test_the_scan_follows_every_message_type_that_can_hold_weights():
+    """The scan's table, against the descriptors themselves: every message type reachable from
+    Model that has a WeightParams field, or a field of a type that (transitively) has one."""
+    tables = _wire._tables(Model.DESCRIPTOR)
+    seen, pending, holders = set(), [Model.DESCRIPTOR], set()
+    while pending:
+        d = pending.pop()
+        if d.full_name in seen:
+            continue
+        seen.add(d.full_name)
+        for f in d.fields:
+            if f.type == FieldDescriptor.TYPE_MESSAGE:
+                pending.append(f.message_type)
+                if f.message_type.full_name == "CoreML.Specification.WeightParams":
+                    holders.add(d.full_name)
+    assert holders and holders <= set(tables)
+    for name in ("pipeline", "pipelineClassifier", "pipelineRegressor", "neuralNetwork",
+                 "neuralNetworkClassifier", "neuralNetworkRegressor"):
+        assert Model.DESCRIPTOR.fields_by_name[name].number in tables["CoreML.Specification.Model"]
+
+
+def _with_marker(weights, index=0):
+    """A WeightParams carrying an unknown field numbered like the split's marker (valid protobuf)."""
+    return NN.WeightParams.FromString(NN.WeightParams(floatValue=weights).SerializeToString()
+                                      + _tag(_wire.MARKER, 0) + _wire.varint_bytes(index))
+
+
+@pytest.mark.parametrize("kind", ["neuralNetwork", "pipelineRegressor"])
+def test_a_file_that_already_holds_marker_fields_loads_as_protobuf_reads_it(kind):
+    spec = conv_net(batchnorm=False)
+    fc = spec.neuralNetwork.layers[-1].innerProduct
+    fc.weights.CopyFrom(_with_marker(list(fc.weights.floatValue)))
+    if kind != "neuralNetwork":
+        spec = pipeline_of(spec, kind=kind)
+    data = spec.SerializeToString()
+    assert _wire.split_weights(np.frombuffer(data, np.uint8).copy(), Model.DESCRIPTOR) is None
+    x = {"x": RNG.standard_normal((3, 8, 8)).astype(np.float32)}
+    np.testing.assert_array_equal(wb.load(data).predict(x)["y"], wb.load(spec).predict(x)["y"])
+
+
+def test_weights_of_a_model_loaded_from_a_path_cannot_be_made_writable(tmp_path):
+    path = tmp_path / "net.mlmodel"
+    path.write_bytes(conv_net().SerializeToString())
+    model = wb.load(path)
+    kernel = next(s.kernel for s in model.network.steps if s.kind == "innerProduct")
+    with pytest.raises(ValueError):
+        kernel.w.flags.writeable = True
+    assert model._payloads.data.flags.owndata
+
+
+def test_a_model_loads_from_a_non_contiguous_memoryview():
+    data = conv_net().SerializeToString()
+    spread = bytes(b for byte in data for b in (byte, 0))
+    view = memoryview(spread)[::2]
+    assert not view.c_contiguous and view.tobytes() == data
+    x = {"x": np.ones((3, 8, 8), np.float32)}
+    np.testing.assert_array_equal(wb.load(view).predict(x)["y"], wb.load(data).predict(x)["y"])
+
+
 # ---------------------------------------------------------------- encodings left to protobuf
 
 def _tag(number, wire):
@@ -310,7 +372,17 @@ def test_a_singular_message_given_twice_is_left_to_protobuf():
     assert _split(data) is None
 
 
-@pytest.mark.parametrize("fault", ["truncated", "length past the end", "group", "field number 0", "marker"])
+def _padded(value, size):
+    """``value`` as a varint of ``size`` bytes (valid to the varint format, too long for protobuf's
+    tags and lengths past 5 bytes)."""
+    out = bytearray(_wire.varint_bytes(value))
+    out[-1] |= 0x80
+    out += b"\x80" * (size - len(out) - 1) + b"\x00"
+    return bytes(out)
+
+
+@pytest.mark.parametrize("fault", ["truncated", "length past the end", "group", "field number 0", "marker",
+                                   "6-byte tag", "6-byte length", "10-byte length"])
 def test_unexpected_bytes_fall_back_to_protobufs_parse(fault):
     good = _inner_product(_tag(1, 2) + _wire.varint_bytes(16) + FLOATS.tobytes())
     data = {"truncated": good[:-3],
@@ -318,8 +390,14 @@ def test_unexpected_bytes_fall_back_to_protobufs_parse(fault):
             "group": good + _tag(7, 3),
             "field number 0": good + b"\x00\x00",
             "marker": _inner_product(_tag(_wire.MARKER, 0) + b"\x01" + _tag(1, 2) + _wire.varint_bytes(16)
-                                     + FLOATS.tobytes())}[fault]
+                                     + FLOATS.tobytes()),
+            "6-byte tag": _inner_product(_padded(1 << 3 | 2, 6) + _wire.varint_bytes(16) + FLOATS.tobytes()),
+            "6-byte length": _inner_product(_tag(1, 2) + _padded(16, 6) + FLOATS.tobytes()),
+            "10-byte length": _inner_product(_tag(1, 2) + _padded(16, 10) + FLOATS.tobytes())}[fault]
     assert _split(data) is None
+    if fault not in ("group", "marker"):             # protobuf refuses these bytes itself
+        with pytest.raises(Exception):
+            NN.InnerProductLayerParams.FromString(data)
 
 
 def test_a_truncated_model_file_is_protobufs_error(tmp_path):

@@ -37,33 +37,23 @@ class _Unexpected(Exception):
 def _tables(root):
     """{message name: {field number: (child message name, repeated)}} for the message fields that
     lead to a WeightParams, from the generated descriptors (so a newer proto is followed too)."""
-    reaches = {}
-
-    def leads(d, visiting):
-        if d.full_name == _WEIGHT_PARAMS:
-            return True
-        if d.full_name in reaches:
-            return reaches[d.full_name]
-        if d.full_name in visiting:                    # a cycle (loop bodies): decided by its other paths
-            return False
-        visiting.add(d.full_name)
-        found = any(leads(f.message_type, visiting) for f in d.fields if f.type == FieldDescriptor.TYPE_MESSAGE)
-        visiting.discard(d.full_name)
-        reaches[d.full_name] = found
-        return found
-
-    tables = {}
-    pending = [root]
+    graph, pending = {}, [root]                       # every message type reachable from the root
     while pending:
         d = pending.pop()
-        if d.full_name in tables:
-            continue
-        tables[d.full_name] = children = {}
-        for f in d.fields:
-            if f.type == FieldDescriptor.TYPE_MESSAGE and leads(f.message_type, set()):
-                children[f.number] = (f.message_type.full_name, _repeated(f))
-                pending.append(f.message_type)
-    return tables
+        if d.full_name not in graph:
+            graph[d.full_name] = [(f.number, f.message_type, _repeated(f)) for f in d.fields
+                                  if f.type == FieldDescriptor.TYPE_MESSAGE]
+            pending += [child for _, child, _ in graph[d.full_name]]
+    leads, grew = {_WEIGHT_PARAMS}, True              # a fixpoint: the graph has cycles (pipelines,
+    while grew:                                       # loop bodies), so no answer is final early
+        grew = False
+        for name, fields in graph.items():
+            if name not in leads and any(child.full_name in leads for _, child, _ in fields):
+                leads.add(name)
+                grew = True
+    return {name: {number: (child.full_name, repeated) for number, child, repeated in fields
+                   if child.full_name in leads}
+            for name, fields in graph.items() if name in leads}
 
 
 def _repeated(field):
@@ -101,17 +91,31 @@ def split_weights(data, descriptor):
     return b"".join(cut[0]), payloads
 
 
-def _varint(data, pos, end):
+def _varint(data, pos, end, longest=10):
+    """(value, next position) of the varint at ``pos``. Tags and lengths are at most 5 bytes and
+    32 bits to protobuf (``_tag``, ``_length``): a longer one it refuses, so the split must too."""
     result = shift = 0
-    while True:
-        if pos >= end or shift > 63:
-            raise _Unexpected
+    for pos in range(pos, min(end, pos + longest)):
         byte = data[pos]
-        pos += 1
         result |= (byte & 0x7F) << shift
         if byte < 0x80:
-            return result, pos
+            return result, pos + 1
         shift += 7
+    raise _Unexpected
+
+
+def _tag(data, pos, end):
+    tag, pos = _varint(data, pos, end, 5)
+    if tag > 0xFFFFFFFF or tag < 8:                   # past 32 bits, or field number 0
+        raise _Unexpected
+    return tag, pos
+
+
+def _length(data, pos, end):
+    length, pos = _varint(data, pos, end, 5)
+    if length >= 1 << 31 or pos + length > end:
+        raise _Unexpected
+    return length, pos
 
 
 def _walk(data, start, end, name, tables, payloads, depth):
@@ -127,17 +131,17 @@ def _walk(data, start, end, name, tables, payloads, depth):
     while pos < end:
         tag_start = pos
         tag = data[pos]                               # one-byte varints inline: most tags and lengths
-        if tag < 0x80:
+        if 8 <= tag < 0x80:
             pos += 1
         else:
-            tag, pos = _varint(data, pos, end)
+            tag, pos = _tag(data, pos, end)
         wire = tag & 7
         if wire == 2:
             length = data[pos] if pos < end else 0x80
             if length < 0x80:
                 pos += 1
             else:
-                length, pos = _varint(data, pos, end)
+                length, pos = _length(data, pos, end)
             if pos + length > end:
                 raise _Unexpected
             child = children.get(tag >> 3)
@@ -166,7 +170,7 @@ def _walk(data, start, end, name, tables, payloads, depth):
             pos += 8
         else:                                         # groups (3, 4) and invalid wire types
             raise _Unexpected
-        if tag < 8 or pos > end:                      # field number 0, or past the message
+        if pos > end:                                 # past the message
             raise _Unexpected
     if run == start:
         return None
@@ -178,12 +182,12 @@ def _cut_weight_params(data, start, end, payloads):
     fields, pos = [], start
     while pos < end:
         tag_start = pos
-        tag, pos = _varint(data, pos, end)
+        tag, pos = _tag(data, pos, end)
         number, wire = tag >> 3, tag & 7
-        if number == MARKER or number == 0:
+        if number == MARKER:
             raise _Unexpected
         if wire == 2:
-            length, pos = _varint(data, pos, end)
+            length, pos = _length(data, pos, end)
             fields.append((number, wire, tag_start, pos, length))
             pos += length
         elif wire == 0:

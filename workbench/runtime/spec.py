@@ -97,6 +97,8 @@ def _read(source):
     if isinstance(source, (bytes, bytearray, memoryview)):
         if not len(source):
             raise ModelFormatError("<bytes>: the file is empty")
+        if isinstance(source, memoryview) and not source.c_contiguous:
+            source = source.tobytes()
         # a copy: the caller's bytes stay theirs, and the loader aligns weights inside its buffer
         return None, "<bytes>", None, np.frombuffer(source, np.uint8).copy()
     if isinstance(source, (str, os.PathLike)):
@@ -122,8 +124,10 @@ def _read_file(f):
     huge pages for a large one, so a 45 MB model is paged in with tens of faults, not 11,000."""
     data = np.empty(os.fstat(f.fileno()).st_size, np.uint8)
     got = f.readinto(data)
-    rest = f.read()                               # a file that grew since fstat
-    return np.concatenate([data[:got], np.frombuffer(rest, np.uint8)]) if rest else data[:got]
+    rest = f.read()                               # a file that grew or shrank since fstat
+    if rest or got < len(data):                   # a new array: the buffer must own its memory, or
+        data = np.concatenate([data[:got], np.frombuffer(rest, np.uint8)])   # views of it can be made
+    return data                                   # writable again through the base
 
 
 def _parse(data, name):
