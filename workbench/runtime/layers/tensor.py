@@ -9,6 +9,8 @@ N-D (spec 4+): transpose, squeeze, expandDims, reshapeStatic/Like/Dynamic,
 rankPreservingReshape, flattenTo2D, loadConstantND, getShape. The N-D layers that select, join
 or replicate data live in ``layout.py``.
 """
+import math
+
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
@@ -42,7 +44,7 @@ def as_ints(blob):
 def infer_minus_one(target, size, fail):
     """Resolve a single -1 in ``target`` so the product equals ``size``; ``fail(msg)`` raises."""
     target = list(target)
-    known = int(np.prod([d for d in target if d != -1], dtype=np.int64))
+    known = math.prod(d for d in target if d != -1)          # Python ints: exact, and no numpy call
     if target.count(-1) > 1:
         raise fail(f"more than one -1 in target shape {tuple(target)}")
     if -1 in target:
