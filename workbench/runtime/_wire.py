@@ -12,8 +12,8 @@ Each cut payload leaves a marker in its WeightParams: an unknown varint field nu
 keeps unknown fields, so the parsed structure still says which payload belongs where.
 
 The split is conservative. Any encoding it does not expect (a group, a field running past its
-message, a singular message field given twice, unpacked floats, a marker already in the file)
-gives None, and the caller parses the whole file as before, which raises protobuf's own error
+message, a tag or length longer than protobuf accepts, a singular message field given twice,
+unpacked floats, a marker already in the file) gives None, and the caller parses the whole file as before, which raises protobuf's own error
 for a corrupt one.
 """
 import ctypes

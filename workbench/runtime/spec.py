@@ -57,6 +57,10 @@ class WholeSpecMixin:
             self._spec = self._whole()
         return self._spec
 
+    @spec.setter
+    def spec(self, value):              # an attribute before: assigning it stays possible
+        self._spec, self._whole = value, None
+
 
 class WholeSpec:
     """The whole spec of a model planned from its structure: the file (``read()`` gives its
