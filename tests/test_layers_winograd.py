@@ -4,25 +4,41 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from workbench.runtime.layers._base import Scratch, Workspace
 from workbench.runtime.layers._winograd import winograd_forward, winograd_weights
 
 
-@pytest.mark.parametrize("batch, c_in, c_out, height, width, pads", [
-    (1, 64, 64, 14, 14, ((1, 1), (1, 1))),        # ResNet-like, even sizes
-    (2, 40, 48, 15, 9, ((1, 1), (1, 1))),         # odd sizes: the last tile row/column is cropped
-    (1, 32, 33, 10, 12, ((0, 0), (0, 0))),        # valid padding
-    (1, 32, 32, 9, 8, ((0, 1), (1, 0))),          # asymmetric (SAME-style) padding
+@pytest.mark.parametrize("batch, c_in, c_out, height, width, pads, bias", [
+    (1, 64, 64, 14, 14, ((1, 1), (1, 1)), False),   # ResNet-like, even sizes
+    (1, 64, 64, 56, 56, ((1, 1), (1, 1)), True),    # tile planes 4 KiB apart (padded in scratch), bias
+    (2, 40, 48, 15, 9, ((1, 1), (1, 1)), True),     # odd sizes: the last tile row/column is cropped
+    (1, 32, 33, 10, 12, ((0, 0), (0, 0)), False),   # valid padding
+    (1, 32, 32, 9, 8, ((0, 1), (1, 0)), True),      # asymmetric (SAME-style) padding
 ])
-def test_winograd_matches_torch(batch, c_in, c_out, height, width, pads):
+def test_winograd_matches_torch(batch, c_in, c_out, height, width, pads, bias):
     rng = np.random.default_rng(0)
     x = rng.standard_normal((batch, c_in, height, width), dtype=np.float32)
     w = rng.standard_normal((c_out, c_in, 3, 3), dtype=np.float32)
+    b = rng.standard_normal(c_out, dtype=np.float32) if bias else None
     (top, bottom), (left, right) = pads
     xt = F.pad(torch.from_numpy(x), (left, right, top, bottom))
-    expected = F.conv2d(xt, torch.from_numpy(w)).numpy()
-    got = winograd_forward(x, winograd_weights(w), pads, expected.shape[2:])
+    expected = F.conv2d(xt, torch.from_numpy(w), None if b is None else torch.from_numpy(b)).numpy()
+    got = winograd_forward(x, winograd_weights(w), pads, expected.shape[2:], b)
     assert got.shape == expected.shape
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_winograd_reuses_its_workspace_across_sizes():
+    """Scratch shared with other layers and kept between predictions: a smaller image after a
+    larger one must see zero borders, not the larger image's values."""
+    rng = np.random.default_rng(1)
+    w = rng.standard_normal((32, 32, 3, 3), dtype=np.float32)
+    u, workspace = winograd_weights(w), Workspace(Scratch())
+    for size in (20, 9, 20, 13):
+        x = rng.standard_normal((1, 32, size, size), dtype=np.float32)
+        expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+        got = winograd_forward(x, u, ((1, 1), (1, 1)), (size, size), None, workspace)
+        assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
 
 
 @pytest.mark.parametrize("declared, size, flexible, transformed_at_load", [

@@ -1,7 +1,7 @@
 """Compiled float32 kernels for the element-wise work numpy would spread over many passes.
 
-GELU, softmax, mean-variance statistics, an LSTM step's gates and a depthwise convolution's taps
-are each 5-30 numpy passes over memory, with a temporary array per pass; here each is one loop
+GELU, softmax, mean-variance statistics, an LSTM step's gates, a depthwise convolution's taps and
+Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary array per pass; here each is one loop
 that numba compiles to vector code. The scalar functions are written out (rather than calling
 libm) because only straight-line arithmetic vectorizes:
 
@@ -301,3 +301,64 @@ def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out):
                 src, weight = phases[tap_phase[t], p, offset:offset + size], w[c, t]
                 for k in range(size):
                     dst[k] += weight * src[k]
+
+
+# ---------------------------------------------------------------- Winograd F(2x2, 3x3) transforms
+
+@_jit
+def winograd_input(xp, v):
+    """v[4a + b, c, n, ty, tx] = (B^T d B)[a, b] for the 4x4 tile d of the padded image xp[n, c]
+    at rows 2ty.., columns 2tx..; B^T = [[1, 0, -1, 0], [0, 1, 1, 0], [0, -1, 1, 0], [0, 1, 0, -1]].
+    One pass over the image: numpy needed eight, each writing a temporary as large as ``v``."""
+    images, channels = xp.shape[0], xp.shape[1]
+    tiles_y, tiles_x = v.shape[3], v.shape[4]
+    for n in range(images):
+        for c in range(channels):
+            img = xp[n, c]
+            for ty in range(tiles_y):
+                r0, r1, r2, r3 = img[2 * ty], img[2 * ty + 1], img[2 * ty + 2], img[2 * ty + 3]
+                out = v[:, c, n, ty]
+                for tx in range(tiles_x):
+                    j = 2 * tx
+                    # B^T d: rows combined, for each of the tile's four columns
+                    a0, a1, a2, a3 = r0[j] - r2[j], r0[j + 1] - r2[j + 1], r0[j + 2] - r2[j + 2], r0[j + 3] - r2[j + 3]
+                    b0, b1, b2, b3 = r1[j] + r2[j], r1[j + 1] + r2[j + 1], r1[j + 2] + r2[j + 2], r1[j + 3] + r2[j + 3]
+                    c0, c1, c2, c3 = r2[j] - r1[j], r2[j + 1] - r1[j + 1], r2[j + 2] - r1[j + 2], r2[j + 3] - r1[j + 3]
+                    d0, d1, d2, d3 = r1[j] - r3[j], r1[j + 1] - r3[j + 1], r1[j + 2] - r3[j + 2], r1[j + 3] - r3[j + 3]
+                    # ... then B on the right: columns combined
+                    out[0, tx], out[1, tx], out[2, tx], out[3, tx] = a0 - a2, a1 + a2, a2 - a1, a1 - a3
+                    out[4, tx], out[5, tx], out[6, tx], out[7, tx] = b0 - b2, b1 + b2, b2 - b1, b1 - b3
+                    out[8, tx], out[9, tx], out[10, tx], out[11, tx] = c0 - c2, c1 + c2, c2 - c1, c1 - c3
+                    out[12, tx], out[13, tx], out[14, tx], out[15, tx] = d0 - d2, d1 + d2, d2 - d1, d1 - d3
+
+
+@_jit
+def winograd_output(m, bias, y):
+    """y[n, o, 2ty + i, 2tx + j] = bias[o] + (A^T M A)[i, j] for M[a, b] = m[4a + b, o, n, ty, tx],
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]; tiles past ``y``'s height or width are cropped.
+    ``bias`` holds one value per output channel, or none."""
+    images, outputs, height, width = y.shape
+    tiles_y, tiles_x = m.shape[3], m.shape[4]
+    for n in range(images):
+        for o in range(outputs):
+            start = bias[o] if bias.size else _ZERO
+            plane = y[n, o]
+            for ty in range(tiles_y):
+                t = m[:, o, n, ty]
+                top, bottom = plane[2 * ty], plane[min(2 * ty + 1, height - 1)]
+                for tx in range(tiles_x):
+                    # A^T M: the tile's rows combined, for each of its four columns
+                    s0 = t[0, tx] + t[4, tx] + t[8, tx]
+                    s1 = t[1, tx] + t[5, tx] + t[9, tx]
+                    s2 = t[2, tx] + t[6, tx] + t[10, tx]
+                    s3 = t[3, tx] + t[7, tx] + t[11, tx]
+                    q0 = t[4, tx] - t[8, tx] - t[12, tx]
+                    q1 = t[5, tx] - t[9, tx] - t[13, tx]
+                    q2 = t[6, tx] - t[10, tx] - t[14, tx]
+                    q3 = t[7, tx] - t[11, tx] - t[15, tx]
+                    j = 2 * tx
+                    if j + 1 < width:
+                        bottom[j + 1] = start + q1 - q2 - q3       # row 1 first: it may be row 0's
+                        top[j + 1] = start + s1 - s2 - s3          # clamped alias, and row 0 wins
+                    bottom[j] = start + q0 + q1 + q2
+                    top[j] = start + s0 + s1 + s2

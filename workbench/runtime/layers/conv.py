@@ -268,8 +268,10 @@ class _ConvolutionBase(Kernel):
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
                                       self.workspace())
                 return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            if self._winograd_for(outs) is not None:
-                y = winograd_forward(xb, self.winograd, pads, outs)
+            if self._winograd_for(outs) is not None:              # adds the bias itself
+                bias = None if self.bias is None else self.bias.reshape(-1)
+                y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace())
+                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
             else:
                 y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
                                  self.dilations, pads, outs, self.workspace())
