@@ -8,7 +8,7 @@ product of its extents), which also makes "exclude padding" exact at the borders
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
-from ._base import Kernel, kernel
+from ._base import FRESH, Kernel, kernel
 from ._taps import pad_trailing
 from .conv import border_pairs, same_padding, valid_output
 
@@ -30,37 +30,42 @@ class AxisPlan:
         return np.maximum(ends - np.maximum(starts, lo), 0).astype(np.float32)
 
 
-def _window_reduce(x, axis, plan, combine):
-    """Combine the ``plan.window`` strided slices of axis ``axis`` (already padded)."""
+def _window_reduce(x, axis, plan, combine, out):
+    """Combine the ``plan.window`` strided slices of axis ``axis`` (already padded) into ``out``."""
     index = [slice(None)] * x.ndim
 
     def tap(offset):
         index[axis] = slice(offset, offset + (plan.out - 1) * plan.stride + 1, plan.stride)
         return x[tuple(index)]
 
-    out = np.array(tap(0), dtype=np.float32, copy=True)
+    np.copyto(out, tap(0))
     for offset in range(1, plan.window):
         combine(out, tap(offset), out=out)
     return out
 
 
-def pool(x, plans, kind, exclude_padding):
-    """Pool the trailing ``len(plans)`` axes of x. kind: "MAX", "AVERAGE" or "L2"."""
+def pool(x, plans, kind, exclude_padding, workspace=FRESH):
+    """Pool the trailing ``len(plans)`` axes of x. kind: "MAX", "AVERAGE" or "L2". The padded
+    input and the pass over each axis but the last come from ``workspace``'s scratch, the result
+    from its outputs (Kernel.workspace)."""
     rank = len(plans)
     sizes = x.shape[-rank:]
     # room for every window, including ceil-mode windows that overhang the declared padding
     pads = [(plan.before, max(0, (plan.out - 1) * plan.stride + plan.window - plan.before - size))
             for plan, size in zip(plans, sizes)]
     if kind == "MAX":
-        y = pad_trailing(x, pads, _MAX_FILL)
+        y = pad_trailing(x, pads, _MAX_FILL, workspace)
         combine = np.maximum
     else:
-        y = pad_trailing(x * x if kind == "L2" else x, pads)
+        y = pad_trailing(x * x if kind == "L2" else x, pads, 0.0, workspace)
         combine = np.add
     for i, plan in enumerate(plans):
-        y = _window_reduce(y, x.ndim - rank + i, plan, combine)
+        axis = x.ndim - rank + i
+        shape = y.shape[:axis] + (plan.out,) + y.shape[axis + 1:]
+        out = workspace.output(shape) if i == rank - 1 else workspace.scratch(f"pool-axis{i}", shape)
+        y = _window_reduce(y, axis, plan, combine, out)
     if kind == "L2":
-        return np.sqrt(y)
+        return np.sqrt(y, out=y)
     if kind == "AVERAGE":
         count = np.ones((), np.float32)
         for plan, size in zip(plans, sizes):
@@ -156,7 +161,8 @@ class Pooling(_PoolingBase):
         if self.is_global:
             return global_pool(x, 2, self.pool_type)
         plans = self._plans(sizes)
-        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding)
+        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding,
+                    self.workspace())
 
 
 @kernel("pooling3d")
@@ -192,7 +198,8 @@ class Pooling3D(_PoolingBase):
             else:
                 out = valid_output(n, k, s, b, a)
             plans.append(AxisPlan(k, s, b, a, out))
-        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding)
+        return pool(x, self._checked(plans, x.shape), self.pool_type, self.exclude_padding,
+                    self.workspace())
 
 
 @kernel("globalPooling3d")
