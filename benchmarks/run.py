@@ -3,8 +3,9 @@
 Four networks are built in PyTorch (a ResNet-18, a MobileNetV2, a transformer encoder block and a
 2-layer LSTM), converted by coremltools to NeuralNetwork models, and predicted by both, interleaved,
 with the same thread count for PyTorch and for numpy's BLAS. Printed per network: median predict
-times and their ratio, the ratio again with each framework timed alone (blocks of runs: with more
-than one thread, interleaved runs start while the other library's idle workers still spin), load
+times and their ratio, interleaved run by run and again settled (blocks of runs of one framework,
+each after a pause: with more than one thread, interleaved runs start while the other library's
+idle workers still spin on the second core), load
 time against a bare protobuf parse of the same file, peak memory of a prediction, and the
 agreement with PyTorch. Then the edit loop: ``model.use(cls)`` and rerunning
 the bundled example's test cases with their plots.
@@ -186,6 +187,17 @@ def timed(fn):
     return time.perf_counter() - start
 
 
+SETTLE_S = 0.3          # longer than OpenBLAS's and OpenMP's idle workers spin before they sleep
+
+
+def settled_block(fn, warm=3, runs=5):
+    """Seconds of ``runs`` calls of ``fn``, timed after a pause and ``warm`` untimed calls."""
+    time.sleep(SETTLE_S)
+    for _ in range(warm):
+        fn()
+    return [timed(fn) for _ in range(runs)]
+
+
 def median_ms(samples):
     return 1000 * statistics.median(samples)
 
@@ -225,17 +237,21 @@ def measure(name, folder, repeat):
         for _ in range(repeat):                  # interleaved: drift and turbo hit both alike
             ours.append(timed(lambda: model.predict(feed)))
             theirs.append(timed(lambda: module(x)))
-        # alone: blocks of 5 runs of one framework, the first of each block dropped. Interleaved,
-        # each run starts while the other library's worker threads still spin on the second core
-        ours_alone, theirs_alone = [], []
-        for _ in range(max(1, repeat // 4)):
-            ours_alone += [timed(lambda: model.predict(feed)) for _ in range(5)][1:]
-            theirs_alone += [timed(lambda: module(x)) for _ in range(5)][1:]
+        # settled: blocks of runs of one framework at a time, each after a pause in which the
+        # other library's idle workers stop spinning (OpenBLAS's spin for about 2^28 cycles,
+        # OpenMP's for a spin count), with warm-up runs dropped. Interleaved, each run starts
+        # while those workers still spin on the second core, and which library that hurts more
+        # decides the ratio (README "Speed")
+        ours_settled, theirs_settled = [], []
+        for _ in range(max(3, repeat // 5)):
+            ours_settled += settled_block(lambda: model.predict(feed))
+            theirs_settled += settled_block(lambda: module(x))
     scale = max(1.0, float(np.abs(ref).max()))
     error = float(np.abs(got - ref).max()) / scale
     return {
         "network": name, "ours_ms": median_ms(ours), "torch_ms": median_ms(theirs),
-        "alone_ratio": statistics.median(ours_alone) / statistics.median(theirs_alone),
+        "settled_ratio": statistics.median(ours_settled) / statistics.median(theirs_settled),
+        "ours_settled_ms": median_ms(ours_settled), "torch_settled_ms": median_ms(theirs_settled),
         "load_ms": median_ms(load_ours), "parse_ms": median_ms(load_parse),
         "predict_peak_mb": peak_bytes(lambda: model.predict(feed)) / 2 ** 20,
         "load_peak_mb": peak_bytes(lambda: wb.load(path)) / 2 ** 20,
@@ -298,12 +314,13 @@ def machine(threads):
 
 
 def table(rows):
-    head = ("| network | ours ms | PyTorch ms | ratio | ratio, each alone | load ms | parse ms | load/parse | "
-            "predict peak MB | max rel error |")
+    head = ("| network | ours ms | PyTorch ms | ratio | settled: ours ms | PyTorch ms | ratio | load ms | "
+            "parse ms | load/parse | predict peak MB | max rel error |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['network']} | {r['ours_ms']:.1f} | {r['torch_ms']:.1f} | "
-                     f"{r['ours_ms'] / r['torch_ms']:.2f} | {r['alone_ratio']:.2f} | {r['load_ms']:.1f} | "
+                     f"{r['ours_ms'] / r['torch_ms']:.2f} | {r['ours_settled_ms']:.1f} | "
+                     f"{r['torch_settled_ms']:.1f} | {r['settled_ratio']:.2f} | {r['load_ms']:.1f} | "
                      f"{r['parse_ms']:.1f} | "
                      f"{r['load_ms'] / r['parse_ms']:.2f} | {r['predict_peak_mb']:.1f} | "
                      f"{r['max_rel_error']:.1e} |")
