@@ -147,6 +147,29 @@ def test_unwritten_output_elements_are_nan():
     assert np.isnan(y[1]).all()
 
 
+def test_custom_layer_outputs_are_preallocated_and_refilled_with_nan():
+    """As in Core ML, predict hands evaluate the same output arrays every time (allocated once
+    output_shapes answered); an element this call does not write is NaN, not last call's value."""
+    class Shrinking(wb.CustomLayer):
+        handed, calls = [], 0
+
+        def evaluate(self, inputs, outputs):
+            Shrinking.handed.append(outputs[0])
+            Shrinking.calls += 1
+            outputs[0][:len(inputs[0]) // Shrinking.calls] = inputs[0][:len(inputs[0]) // Shrinking.calls]
+
+    model = wb.load(custom_only_model(["Shrinking"]), layers=Shrinking)
+    first = model.predict({"x": X})["y"]
+    second = model.predict({"x": X})["y"]
+    assert Shrinking.handed[0] is Shrinking.handed[1]
+    np.testing.assert_array_equal(first, X)                   # answers are copies: the first survives
+    half = len(X) // 2
+    np.testing.assert_array_equal(second[:half], X[:half])
+    assert np.isnan(second[half:]).all()
+    model.trace({"x": X})                                     # trace's blobs are its own
+    assert Shrinking.handed[2] is not Shrinking.handed[1]
+
+
 def test_user_line_skips_library_frames():
     class Reshaper(wb.CustomLayer):
         def evaluate(self, inputs, outputs):

@@ -161,11 +161,14 @@ class CustomLayerRecord:
 class CustomStep:
     """One custom layer, called with Core ML's lifecycle (see protocol.py)."""
 
+    top_level = False            # set by the planner: only a top-level layer keeps its outputs
+
     def __init__(self, record, state):
         self.record, self.state = record, state
         self.name, self.kind = record.name, "custom"
         self.inputs, self.outputs = record.inputs, record.outputs
         self.guard = LayerGuard(state.model_name, record.name, record.class_name)
+        self._kept = []          # the preallocated outputs predict hands to evaluate
 
     def instantiate(self, cls):
         """__init__ then set_weight_data, once, as Core ML does at load."""
@@ -201,9 +204,9 @@ class CustomStep:
         if self.state.shapes_only:
             for name, shape in zip(self.outputs, r.output_shapes):
                 scope[name] = np.zeros(shape, np.float32)
+            self._preallocate(r.output_shapes)
             return
-        # NaN, not leftover memory: an element evaluate never writes is obvious in the output
-        outputs = [np.full(shape, np.nan, np.float32) for shape in r.output_shapes]
+        outputs = self._output_arrays(r.output_shapes)
         handed = list(outputs)
         self.guard.call_method("evaluate", r.instance, inputs, handed)
         r.calls["evaluate"] += 1
@@ -214,6 +217,24 @@ class CustomStep:
         self.guard.check_outputs(outputs, r.output_shapes)
         for name, value in zip(self.outputs, outputs):
             scope[name] = value
+
+
+    def _preallocate(self, shapes):
+        """Outputs allocated as Core ML does: once output_shapes has answered (at load, and again
+        when input shapes change), then reused by every prediction."""
+        if self.top_level and [a.shape for a in self._kept] != [tuple(s) for s in shapes]:
+            self._kept = [np.empty(shape, np.float32) for shape in shapes]
+
+    def _output_arrays(self, shapes):
+        """The arrays evaluate fills, NaN first, not leftover values: an element evaluate never
+        writes is obvious in the output. In predict, the preallocated ones (predict answers with
+        copies); in trace and in nested networks, new ones (their blobs outlive the run)."""
+        if not (self.top_level and self.state.reuse_buffers):
+            return [np.full(shape, np.nan, np.float32) for shape in shapes]
+        self._preallocate(shapes)
+        for array in self._kept:
+            array.fill(np.nan)
+        return list(self._kept)
 
 
 def _arity(compute):
@@ -344,5 +365,6 @@ class Planner:
             parameters=specmod.custom_parameters(p), parameter_types=specmod.custom_parameter_types(p),
             weights=weights, inputs=list(layer.input), outputs=list(layer.output))
         step = CustomStep(record, self.state)
+        step.top_level = len(self.path) == 1
         self.custom_steps.append(step)
         return step
