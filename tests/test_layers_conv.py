@@ -483,3 +483,73 @@ def test_depthwise_paths_match_torch(batch, channels, size, kernel, stride, dil,
     ref = F.conv2d(F.pad(t(x), (left, right, top, bottom)), t(w), t(bias), stride=stride, dilation=dil,
                    groups=channels).numpy()
     check(predict(b, data=x), ref)
+
+
+# ---------------------------------------------------------------- fused activations (plan.fuse_activations)
+
+def _conv_then(activation, w, groups, stride, pads, bias, x, extra=None):
+    """data -> conv ("conv_out") -> ReLU or clip ("out"); ``extra``: "second reader" (an add
+    also reads conv_out) or "output" (conv_out is a model output too)."""
+    outputs = [("out", None)] + ([("conv_out", None)] if extra == "output" else [])
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], outputs, disable_rank5_shape_mapping=True)
+    c_out, kc, kh, kw = w.shape
+    b.add_convolution(name="conv", kernel_channels=kc, output_channels=c_out, height=kh, width=kw,
+                      stride_height=stride, stride_width=stride, border_mode="valid", groups=groups,
+                      W=w.transpose(2, 3, 1, 0), b=bias, has_bias=bias is not None, input_name="data",
+                      output_name="conv_out", padding_top=pads, padding_bottom=pads, padding_left=pads,
+                      padding_right=pads)
+    target = "act" if extra == "second reader" else "out"
+    if activation == "relu":
+        b.add_activation("relu", "RELU", "conv_out", target)
+    else:
+        b.add_clip("clip", "conv_out", target, *activation)
+    if extra == "second reader":
+        b.add_elementwise("sum", ["act", "conv_out"], "out", "ADD")
+    return wb.load(b.spec)
+
+
+@pytest.mark.parametrize("activation", ["relu", (0.0, 6.0), (1.0, -1.0)])   # low > high: high wins
+@pytest.mark.parametrize("channels, groups, kernel, size, stride, pads, path", [
+    (8, 8, 3, 20, 2, 1, "depthwise"),
+    (32, 1, 3, 16, 1, 1, "winograd"),
+    (6, 1, 3, 15, 2, 1, "im2col"),
+    (6, 1, 1, 9, 1, 0, "1x1"),
+])
+@pytest.mark.parametrize("with_bias", [False, True])
+def test_activation_fused_into_its_convolution(activation, channels, groups, kernel, size, stride, pads, path,
+                                               with_bias):
+    """predict computes the pair in the convolution; trace still shows the convolution's own output."""
+    r = rng(5)
+    w = r.standard_normal((channels, channels // groups, kernel, kernel)).astype(np.float32)
+    bias = r.standard_normal(channels).astype(np.float32) if with_bias else None
+    x = r.standard_normal((1, channels, size, size)).astype(np.float32)
+    model = _conv_then(activation, w, groups, stride, pads, bias, x)
+    assert model.fused_activations == 1
+    conv = F.conv2d(F.pad(t(x), (pads,) * 4), t(w), None if bias is None else t(bias), stride=stride,
+                    groups=groups)
+    expected = F.relu(conv) if activation == "relu" else \
+        torch.minimum(torch.maximum(conv, torch.tensor(activation[0])), torch.tensor(activation[1]))
+    kernel_obj = next(s.kernel for s in model.network.steps if s.kind == "convolution")
+    assert kernel_obj.depthwise == (path == "depthwise")
+    assert (kernel_obj.winograd is not None) == (path == "winograd")
+    for _ in range(2):                                       # reused arrays: the second run too
+        check(model.predict({"data": x})["out"], expected.numpy())
+    traced = model.trace({"data": x})
+    check(traced["conv_out"], conv.numpy())
+    check(traced["out"], expected.numpy())
+
+
+@pytest.mark.parametrize("extra", ["second reader", "output"])
+def test_activation_is_not_fused_where_its_input_is_read_elsewhere(extra):
+    r = rng(6)
+    w = r.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    x = r.standard_normal((1, 4, 7, 7)).astype(np.float32)
+    model = _conv_then("relu", w, 1, 1, 1, None, x, extra)
+    assert model.fused_activations == 0
+    conv = F.conv2d(t(x), t(w), padding=1)
+    got = model.predict({"data": x})
+    if extra == "second reader":
+        check(got["out"], (F.relu(conv) + conv).numpy())
+    else:
+        check(got["out"], F.relu(conv).numpy())
+        check(got["conv_out"], conv.numpy())

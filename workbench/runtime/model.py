@@ -9,7 +9,7 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
 from . import spec as specmod
 from .features import FeatureIO
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
-from .plan import Planner, RunState
+from .plan import Planner, RunState, fuse_activations
 from .live import LiveImplementations
 from .registry import Implementations
 from .spec import WholeSpecMixin
@@ -87,6 +87,8 @@ class Model(WholeSpecMixin, LiveImplementations):
         missing = [f.name for f in self.io.outputs if f.name not in self._output_blobs and f.name not in classifier]
         if missing:
             raise ModelFormatError(f"{self.name}: output(s) {', '.join(missing)} are produced by no layer")
+        keep = set(self._output_blobs.values()) | {f.name for f in self.io.outputs}
+        self.fused_activations = fuse_activations(self.network, keep)
 
     def _bind_implementations(self):
         for step in self._custom_steps:

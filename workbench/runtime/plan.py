@@ -6,6 +6,7 @@ the scope, as Core ML's nested networks share blob names with their parent.
 """
 import functools
 import inspect
+from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -46,6 +47,8 @@ class Network:
 class BuiltinStep:
     """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
 
+    passes_on = False            # an activation its producer computes in predict (fuse_activations)
+
     def __init__(self, layer, kernel_obj, model_name, state=None):
         self.name, self.kind = layer.name, layer.WhichOneof("layer")
         self.inputs, self.outputs = list(layer.input), list(layer.output)
@@ -57,6 +60,9 @@ class BuiltinStep:
         self._max_bytes = int(kernel_obj.ctx.limits["max_blob_bytes"])
 
     def run(self, scope):
+        if self.passes_on and self.state.reuse_buffers:
+            scope[self.outputs[0]] = scope[self.inputs[0]]
+            return
         if self._rule_in_shape_pass and self.state.shapes_only and self._shapes_only(scope):
             return
         try:
@@ -235,6 +241,49 @@ class CustomStep:
         for array in self._kept:
             array.fill(np.nan)
         return list(self._kept)
+
+
+def fuse_activations(network, keep):
+    """Fold each ReLU or clip into the convolution that produces its input, where nothing else
+    reads that blob and it is not a model output (``keep``): in predict the convolution clamps
+    its outputs as it writes them (in its compiled loops, or with its bias in one pass) and the
+    activation passes them on. Core ML fuses these pairs too. trace and the shape pass still run
+    both layers as written, so every blob keeps its own value there. Networks with control flow
+    are left alone: their nested networks read blobs by name. Returns how many were fused."""
+    if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
+        return 0
+    readers, producers = Counter(), {}
+    for step in network.steps:
+        readers.update(step.inputs)
+        for name in step.outputs:
+            producers[name] = None if name in producers else step       # written twice: leave it
+    fused = 0
+    for step in network.steps:
+        bounds = _clamp_bounds(step)
+        producer = producers.get(step.inputs[0]) if bounds else None
+        if (producer is not None and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
+                and len(producer.outputs) == 1 and readers[step.inputs[0]] == 1
+                and step.inputs[0] not in keep and not producer.kernel.deconv
+                and producer.kernel.fused_clamp is None and producer.kernel.top_level):
+            producer.kernel.fused_clamp = bounds
+            step.passes_on = True
+            fused += 1
+    return fused
+
+
+FUSABLE = ("convolution", "convolution3d")
+
+
+def _clamp_bounds(step):
+    """(low, high) of a top-level ReLU or clip layer, or None."""
+    if not isinstance(step, BuiltinStep) or len(step.inputs) != 1 or len(step.outputs) != 1 \
+            or not step.kernel.top_level:
+        return None
+    if step.kind == "activation" and step.kernel.nonlinearity == "ReLU":
+        return np.float32(0), np.float32(np.inf)
+    if step.kind == "clip":
+        return step.kernel.low, step.kernel.high
+    return None
 
 
 def _arity(compute):

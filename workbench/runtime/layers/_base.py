@@ -89,6 +89,9 @@ class _Fresh:
 
 FRESH = _Fresh()
 
+# (low, high) of a convolution's fused activation (Kernel.fused_clamp) when there is none
+NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf))
+
 
 class Kernel:
     """Base of built-in kernels.

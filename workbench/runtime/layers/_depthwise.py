@@ -7,29 +7,33 @@ at best. So:
   flattened, and every tap becomes one contiguous slice of it; outputs are computed over the
   full padded row width and the extra columns dropped at the end. The compiled
   ``_fused.depthwise_taps`` sums the slices, a block of outputs at a time in L1, with the bias
-  (3-7x faster than numpy passes over the same slices);
+  and a fused activation's clamp (3-7x faster than numpy passes over the same slices);
 - anything else (3-D, channel multipliers): one numpy multiply-add pass per tap, strided.
 """
 import itertools
 
 import numpy as np
 
-from ._base import FRESH, fused
+from ._base import FRESH, NO_CLAMP, fused
 from ._taps import pad_trailing, tap_slices
 
 
-def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, workspace=FRESH):
-    """x [N, C, *sp], wdw [C, mult, *kernel], bias [C*mult] or None -> [N, C*mult, *out]."""
+def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, workspace=FRESH,
+                      clamp=NO_CLAMP):
+    """x [N, C, *sp], wdw [C, mult, *kernel], bias [C*mult] or None -> [N, C*mult, *out],
+    clamped to ``clamp`` = (low, high) (a fused activation)."""
     channels, mult = x.shape[1], wdw.shape[1]
     if mult == 1 and len(out_sizes) == 2:
-        return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias, workspace)
+        return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias, workspace, clamp)
     y = _strided_taps(pad_trailing(x, pads), wdw, strides, dilations, out_sizes)
     if bias is not None:
         y += bias.reshape((-1,) + (1,) * len(out_sizes))
+    if clamp is not NO_CLAMP:
+        np.clip(y, *clamp, out=y)
     return y
 
 
-def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace):
+def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace, clamp):
     """x [N, C, H, W], w [C, kh, kw]. Padded row q, column r of stride phase (py, px) holds the
     padded input at (q*sh + py, r*sw + px); tap (i, j) reads phase ((i*dh) % sh, (j*dw) % sw)
     from row (i*dh) // sh, column (j*dw) // sw on, i.e. one flat slice of ho * wq values, and
@@ -60,7 +64,7 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace):
                            np.array([phase_index[(py, px)] for py, px, _ in taps], np.int64),
                            np.array([offset for _, _, offset in taps], np.int64),
                            np.ascontiguousarray(w.reshape(c, kh * kw), dtype=np.float32),
-                           np.zeros(c, np.float32) if bias is None else bias.reshape(c), out)
+                           np.zeros(c, np.float32) if bias is None else bias.reshape(c), out, *clamp)
     y = workspace.output((n, c, ho, wo))
     np.copyto(y, out.reshape(n, c, ho, wq)[..., :wo])
     return y

@@ -281,11 +281,32 @@ def lstm_gates(pre, xproj, first, bias, c, h, gate_clip, cell_clip, coupled):
 _BLOCK = 512      # output elements accumulated at a time: the block stays in L1 across the taps
 
 
+@_inline
+def clamp(v, low, high):
+    """min(max(v, low), high) as numpy's clip computes it: NaN stays NaN, and high wins when
+    low > high. With low = -inf and high = inf it changes nothing."""
+    v = low if v < low else v
+    return high if v > high else v
+
+
 @_jit
-def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out):
+def bias_clamp(rows, bias, low, high):
+    """rows[r] = clamp(rows[r] + bias[r % len(bias)]) in place, rows [N * C, positions]: a
+    convolution's bias and its fused activation in one pass (``bias`` may be empty)."""
+    channels = bias.size
+    for r in range(rows.shape[0]):
+        row = rows[r]
+        add = bias[r % channels] if channels else _ZERO
+        for k in range(row.size):
+            row[k] = clamp(row[k] + add, low, high)
+
+
+@_jit
+def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high):
     """out[p, k] = bias[c] + sum over taps t of w[c, t] * phases[tap_phase[t], p, k + tap_offset[t]]
     for each image plane p = n * C + c: a depthwise convolution over flattened (stride phases
-    of) padded images, taps added in order into one block of outputs at a time."""
+    of) padded images, taps added in order into one block of outputs at a time, then clamped to
+    [low, high] (a fused ReLU or clip; -inf and inf otherwise)."""
     planes, count = out.shape
     channels, taps = w.shape
     for p in range(planes):
@@ -301,6 +322,8 @@ def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out):
                 src, weight = phases[tap_phase[t], p, offset:offset + size], w[c, t]
                 for k in range(size):
                     dst[k] += weight * src[k]
+            for k in range(size):
+                dst[k] = clamp(dst[k], low, high)
 
 
 # ---------------------------------------------------------------- Winograd F(2x2, 3x3) transforms
@@ -333,10 +356,10 @@ def winograd_input(xp, v):
 
 
 @_jit
-def winograd_output(m, bias, y):
+def winograd_output(m, bias, y, low, high):
     """y[n, o, 2ty + i, 2tx + j] = bias[o] + (A^T M A)[i, j] for M[a, b] = m[4a + b, o, n, ty, tx],
-    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]]; tiles past ``y``'s height or width are cropped.
-    ``bias`` holds one value per output channel, or none."""
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], clamped to [low, high] (a fused activation); tiles past
+    ``y``'s height or width are cropped. ``bias`` holds one value per output channel, or none."""
     images, outputs, height, width = y.shape
     tiles_y, tiles_x = m.shape[3], m.shape[4]
     for n in range(images):
@@ -358,7 +381,7 @@ def winograd_output(m, bias, y):
                     q3 = t[7, tx] - t[11, tx] - t[15, tx]
                     j = 2 * tx
                     if j + 1 < width:
-                        bottom[j + 1] = start + q1 - q2 - q3       # row 1 first: it may be row 0's
-                        top[j + 1] = start + s1 - s2 - s3          # clamped alias, and row 0 wins
-                    bottom[j] = start + q0 + q1 + q2
-                    top[j] = start + s0 + s1 + s2
+                        bottom[j + 1] = clamp(start + q1 - q2 - q3, low, high)   # row 1 first: it may be
+                        top[j + 1] = clamp(start + s1 - s2 - s3, low, high)      # row 0's alias (cropped)
+                    bottom[j] = clamp(start + q0 + q1 + q2, low, high)
+                    top[j] = clamp(start + s0 + s1 + s2, low, high)

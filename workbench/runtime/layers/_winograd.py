@@ -8,7 +8,7 @@ two passes of additions (the input and output transforms of F(2, 3) have coeffic
 """
 import numpy as np
 
-from ._base import FRESH, fused
+from ._base import FRESH, NO_CLAMP, fused
 
 _NO_BIAS = np.zeros(0, np.float32)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
@@ -26,11 +26,12 @@ def winograd_weights(w):
     return u.reshape(16, c_out, c_in)
 
 
-def winograd_forward(x, u, pads, out_sizes, bias=None, workspace=FRESH):
+def winograd_forward(x, u, pads, out_sizes, bias=None, workspace=FRESH, clamp=NO_CLAMP):
     """x [N, C, H, W] (float32, contiguous), u from winograd_weights, bias [C_out] or None ->
-    [N, C_out, *out_sizes]. The transforms are compiled loops (``_fused.winograd_input`` and
-    ``winograd_output``, which adds the bias); the padded image, the transformed tiles and the
-    products come from ``workspace``."""
+    [N, C_out, *out_sizes], clamped to ``clamp`` = (low, high) (a fused activation). The
+    transforms are compiled loops (``_fused.winograd_input`` and ``winograd_output``, which adds
+    the bias and clamps); the padded image, the transformed tiles and the products come from
+    ``workspace``."""
     n, c = x.shape[:2]
     (top, _), (left, _) = pads
     ho, wo = out_sizes
@@ -44,7 +45,7 @@ def winograd_forward(x, u, pads, out_sizes, bias=None, workspace=FRESH):
     m = _planes(workspace, "winograd", c_out * tiles)
     np.matmul(u, v.reshape(16, c, tiles), out=m.reshape(16, c_out, tiles))
     y = workspace.output((n, c_out, ho, wo))
-    kernels.winograd_output(m.reshape(16, c_out, n, th, tw), _NO_BIAS if bias is None else bias, y)
+    kernels.winograd_output(m.reshape(16, c_out, n, th, tw), _NO_BIAS if bias is None else bias, y, *clamp)
     return y
 
 

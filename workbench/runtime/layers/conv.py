@@ -15,10 +15,12 @@ import math
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
-from ._base import FRESH, Kernel, kernel
+from ._base import FRESH, NO_CLAMP, Kernel, fused, kernel
 from ._depthwise import depthwise_forward
 from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
+
+_NO_BIAS = np.zeros(0, np.float32)
 
 # Winograd F(2x2, 3x3) beats im2col + GEMM on this many channels and output pixels (measured on
 # ResNet-18 layers: faster from 64 channels at 14x14 and up; slower at 512 channels, 7x7)
@@ -129,6 +131,16 @@ class _ConvolutionBase(Kernel):
     """Shared planning and compute; subclasses read their parameter message into
     ``rank, kernel_sizes, strides, dilations, groups, c_out, kernel_channels, deconv,
     output_shape, padding`` where padding is ("fixed", [(b, a), ...]) or ("same", top_left_heavy)."""
+
+    # (low, high) of a ReLU or clip fused into this layer by the planner (plan.fuse_activations)
+    fused_clamp = None
+
+    def _clamp(self):
+        """The fused activation's bounds when it applies: in predict, where the activation layer
+        passes this layer's output on untouched (trace computes both layers as written)."""
+        if self.fused_clamp is not None and self.top_level and self.ctx.reuse_buffers:
+            return self.fused_clamp
+        return NO_CLAMP
 
     def _plan_weights(self, weights, bias):
         count = self._weight_count()
@@ -264,17 +276,21 @@ class _ConvolutionBase(Kernel):
         else:
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape)
-            if depthwise:                                    # adds the bias itself
+            clamp = self._clamp()
+            if depthwise:                                    # adds the bias and clamps itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
-                                      self.workspace())
+                                      self.workspace(), clamp)
                 return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            if self._winograd_for(outs) is not None:              # adds the bias itself
+            if self._winograd_for(outs) is not None:         # adds the bias and clamps itself
                 bias = None if self.bias is None else self.bias.reshape(-1)
-                y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace())
+                y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
                 return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            else:
-                y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
-                                 self.dilations, pads, outs, self.workspace())
+            y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
+                             self.dilations, pads, outs, self.workspace())
+            if clamp is not NO_CLAMP:                        # bias and activation in one pass
+                bias = _NO_BIAS if self.bias is None else self.bias.reshape(-1)
+                fused().bias_clamp(y.reshape(-1, math.prod(outs)), bias, *clamp)
+                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
         if self.bias is not None:
             y += self.bias
         return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
