@@ -224,7 +224,6 @@ class CustomStep:
         for name, value in zip(self.outputs, outputs):
             scope[name] = value
 
-
     def _preallocate(self, shapes):
         """Outputs allocated as Core ML does: once output_shapes has answered (at load, and again
         when input shapes change), then reused by every prediction."""
@@ -247,7 +246,7 @@ def fuse_activations(network, keep):
     """Fold each ReLU or clip into the convolution that produces its input, where nothing else
     reads that blob and it is not a model output (``keep``): in predict the convolution clamps
     its outputs as it writes them (in its compiled loops, or with its bias in one pass) and the
-    activation passes them on. Core ML fuses these pairs too. trace and the shape pass still run
+    activation passes them on, one pass over memory instead of two. trace and the shape pass run
     both layers as written, so every blob keeps its own value there. Networks with control flow
     are left alone: their nested networks read blobs by name. Returns how many were fused."""
     if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
