@@ -553,3 +553,48 @@ def test_activation_is_not_fused_where_its_input_is_read_elsewhere(extra):
     else:
         check(got["out"], F.relu(conv).numpy())
         check(got["conv_out"], conv.numpy())
+
+
+@pytest.mark.parametrize("activation", ["relu", (0.0, 6.0)])
+@pytest.mark.parametrize("groups", [4, 1])                  # depthwise, 1x1 product
+def test_fused_activation_keeps_the_sign_of_zero_of_its_layer(activation, groups):
+    """ReLU is np.maximum(x, 0), +0 for a -0 input; clip is np.clip, which keeps -0."""
+    x = np.zeros((1, 4, 6, 6), np.float32)                  # weight -1 and bias -0: every output -0
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=4 // groups, output_channels=4, height=1, width=1,
+                      stride_height=1, stride_width=1, border_mode="valid", groups=groups,
+                      W=-np.ones((1, 1, 4 // groups, 4), np.float32), b=np.full(4, -0.0, np.float32),
+                      has_bias=True, input_name="data", output_name="conv_out")
+    if activation == "relu":
+        b.add_activation("relu", "RELU", "conv_out", "out")
+    else:
+        b.add_clip("clip", "conv_out", "out", *activation)
+    model = wb.load(b.spec)
+    assert model.fused_activations == 1
+    traced = model.trace({"data": x})
+    conv = traced["conv_out"]                                # -0 from the depthwise sum; BLAS's is +0
+    assert np.signbit(conv).all() == (groups == 4)
+    expected = np.maximum(conv, np.float32(0)) if activation == "relu" else np.clip(conv, *np.float32(activation))
+    np.testing.assert_array_equal(np.signbit(model.predict({"data": x})["out"]), np.signbit(expected))
+    np.testing.assert_array_equal(np.signbit(traced["out"]), np.signbit(expected))
+
+
+def test_activations_are_not_fused_with_a_later_layer_or_a_nan_bound():
+    """A ReLU reading the model input, which a later convolution overwrites, and clips whose
+    bound is NaN (np.clip gives NaN everywhere) stay as written."""
+    x = np.array([[[[-1., 2.], [-3., 4.]]]], np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 1, 2, 2))], [("out", None), ("low", None)],
+                             disable_rank5_shape_mapping=True)
+    b.add_activation("relu", "RELU", "data", "out")
+    b.add_convolution(name="conv", kernel_channels=1, output_channels=1, height=1, width=1, stride_height=1,
+                      stride_width=1, border_mode="valid", groups=1, W=np.ones((1, 1, 1, 1), np.float32),
+                      b=None, has_bias=False, input_name="out", output_name="data")
+    b.add_convolution(name="conv2", kernel_channels=1, output_channels=1, height=1, width=1, stride_height=1,
+                      stride_width=1, border_mode="valid", groups=1, W=np.ones((1, 1, 1, 1), np.float32),
+                      b=None, has_bias=False, input_name="out", output_name="conv2_out")
+    b.add_clip("clip", "conv2_out", "low", float("nan"), 1.0)
+    model = wb.load(b.spec)
+    assert model.fused_activations == 0
+    got = model.predict({"data": x})
+    np.testing.assert_array_equal(got["out"], np.maximum(x, 0))
+    assert np.isnan(got["low"]).all()

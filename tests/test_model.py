@@ -170,6 +170,17 @@ def test_custom_layer_outputs_are_preallocated_and_refilled_with_nan():
     assert Shrinking.handed[2] is not Shrinking.handed[1]
 
 
+def test_a_layer_that_makes_its_output_read_only_gets_a_new_one_next_time():
+    class Freezer(wb.CustomLayer):
+        def evaluate(self, inputs, outputs):
+            outputs[0][...] = inputs[0]
+            outputs[0].flags.writeable = False
+
+    model = wb.load(custom_only_model(["Freezer"]), layers=Freezer)
+    for _ in range(3):
+        np.testing.assert_array_equal(model.predict({"x": X})["y"], X)
+
+
 def test_user_line_skips_library_frames():
     class Reshaper(wb.CustomLayer):
         def evaluate(self, inputs, outputs):

@@ -236,6 +236,8 @@ class CustomStep:
         copies); in trace and in nested networks, new ones (their blobs outlive the run)."""
         if not (self.top_level and self.state.reuse_buffers):
             return [np.full(shape, np.nan, np.float32) for shape in shapes]
+        if not all(a.flags.writeable for a in self._kept):      # a layer made one read-only
+            self._kept = []
         self._preallocate(shapes)
         for array in self._kept:
             array.fill(np.nan)
@@ -252,15 +254,16 @@ def fuse_activations(network, keep):
     if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
         return 0
     readers, producers = Counter(), {}
-    for step in network.steps:
+    for index, step in enumerate(network.steps):
         readers.update(step.inputs)
         for name in step.outputs:
-            producers[name] = None if name in producers else step       # written twice: leave it
+            producers[name] = None if name in producers else (index, step)   # written twice: leave it
     fused = 0
-    for step in network.steps:
+    for index, step in enumerate(network.steps):
         bounds = _clamp_bounds(step)
-        producer = producers.get(step.inputs[0]) if bounds else None
-        if (producer is not None and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
+        found = producers.get(step.inputs[0]) if bounds else None
+        first, producer = found if found is not None else (index, None)
+        if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
                 and len(producer.outputs) == 1 and readers[step.inputs[0]] == 1
                 and step.inputs[0] not in keep and not producer.kernel.deconv
                 and producer.kernel.fused_clamp is None and producer.kernel.top_level):
@@ -274,14 +277,15 @@ FUSABLE = ("convolution", "convolution3d")
 
 
 def _clamp_bounds(step):
-    """(low, high) of a top-level ReLU or clip layer, or None."""
+    """(low, high, relu) of a top-level ReLU or clip layer (see _fused.clamp), or None; a clip
+    with a NaN bound is left alone (np.clip makes every output NaN)."""
     if not isinstance(step, BuiltinStep) or len(step.inputs) != 1 or len(step.outputs) != 1 \
             or not step.kernel.top_level:
         return None
     if step.kind == "activation" and step.kernel.nonlinearity == "ReLU":
-        return np.float32(0), np.float32(np.inf)
-    if step.kind == "clip":
-        return step.kernel.low, step.kernel.high
+        return np.float32(0), np.float32(np.inf), True
+    if step.kind == "clip" and not (np.isnan(step.kernel.low) or np.isnan(step.kernel.high)):
+        return step.kernel.low, step.kernel.high, False
     return None
 
 

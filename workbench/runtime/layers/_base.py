@@ -89,8 +89,9 @@ class _Fresh:
 
 FRESH = _Fresh()
 
-# (low, high) of a convolution's fused activation (Kernel.fused_clamp) when there is none
-NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf))
+# (low, high, relu) of a convolution's fused activation (plan.fuse_activations) when there is
+# none; ``relu``: np.maximum(x, 0), which gives +0 for -0 where np.clip keeps -0
+NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf), False)
 
 
 class Kernel:

@@ -21,15 +21,18 @@ from ._taps import pad_trailing, tap_slices
 def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, workspace=FRESH,
                       clamp=NO_CLAMP):
     """x [N, C, *sp], wdw [C, mult, *kernel], bias [C*mult] or None -> [N, C*mult, *out],
-    clamped to ``clamp`` = (low, high) (a fused activation)."""
+    with ``clamp`` = (low, high, relu), a fused activation (_base.NO_CLAMP: none)."""
     channels, mult = x.shape[1], wdw.shape[1]
     if mult == 1 and len(out_sizes) == 2:
         return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias, workspace, clamp)
     y = _strided_taps(pad_trailing(x, pads), wdw, strides, dilations, out_sizes)
     if bias is not None:
         y += bias.reshape((-1,) + (1,) * len(out_sizes))
-    if clamp is not NO_CLAMP:
-        np.clip(y, *clamp, out=y)
+    low, high, relu = clamp
+    if relu:
+        np.maximum(y, np.float32(0), out=y)
+    elif clamp is not NO_CLAMP:
+        np.clip(y, low, high, out=y)
     return y
 
 

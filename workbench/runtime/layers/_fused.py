@@ -282,15 +282,18 @@ _BLOCK = 512      # output elements accumulated at a time: the block stays in L1
 
 
 @_inline
-def clamp(v, low, high):
-    """min(max(v, low), high) as numpy's clip computes it: NaN stays NaN, and high wins when
-    low > high. With low = -inf and high = inf it changes nothing."""
+def clamp(v, low, high, relu):
+    """A fused activation, as its own layer computes it: ``relu``, np.maximum(v, 0) (+0 for -0);
+    otherwise np.clip(v, low, high) (-0 stays -0, and high wins when low > high). NaN stays NaN
+    in both; low = -inf and high = inf change nothing."""
+    if relu:
+        return v if v > _ZERO or v != v else _ZERO
     v = low if v < low else v
     return high if v > high else v
 
 
 @_jit
-def bias_clamp(rows, bias, low, high):
+def bias_clamp(rows, bias, low, high, relu):
     """rows[r] = clamp(rows[r] + bias[r % len(bias)]) in place, rows [N * C, positions]: a
     convolution's bias and its fused activation in one pass (``bias`` may be empty)."""
     channels = bias.size
@@ -298,15 +301,15 @@ def bias_clamp(rows, bias, low, high):
         row = rows[r]
         add = bias[r % channels] if channels else _ZERO
         for k in range(row.size):
-            row[k] = clamp(row[k] + add, low, high)
+            row[k] = clamp(row[k] + add, low, high, relu)
 
 
 @_jit
-def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high):
+def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high, relu):
     """out[p, k] = bias[c] + sum over taps t of w[c, t] * phases[tap_phase[t], p, k + tap_offset[t]]
     for each image plane p = n * C + c: a depthwise convolution over flattened (stride phases
-    of) padded images, taps added in order into one block of outputs at a time, then clamped to
-    [low, high] (a fused ReLU or clip; -inf and inf otherwise)."""
+    of) padded images, taps added in order into one block of outputs at a time, then ``clamp``ed
+    (a fused ReLU or clip; -inf, inf and False change nothing)."""
     planes, count = out.shape
     channels, taps = w.shape
     for p in range(planes):
@@ -323,7 +326,7 @@ def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high):
                 for k in range(size):
                     dst[k] += weight * src[k]
             for k in range(size):
-                dst[k] = clamp(dst[k], low, high)
+                dst[k] = clamp(dst[k], low, high, relu)
 
 
 # ---------------------------------------------------------------- Winograd F(2x2, 3x3) transforms
@@ -356,9 +359,9 @@ def winograd_input(xp, v):
 
 
 @_jit
-def winograd_output(m, bias, y, low, high):
+def winograd_output(m, bias, y, low, high, relu):
     """y[n, o, 2ty + i, 2tx + j] = bias[o] + (A^T M A)[i, j] for M[a, b] = m[4a + b, o, n, ty, tx],
-    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], clamped to [low, high] (a fused activation); tiles past
+    A^T = [[1, 1, 1, 0], [0, 1, -1, -1]], ``clamp``ed (a fused activation); tiles past
     ``y``'s height or width are cropped. ``bias`` holds one value per output channel, or none."""
     images, outputs, height, width = y.shape
     tiles_y, tiles_x = m.shape[3], m.shape[4]
@@ -381,7 +384,7 @@ def winograd_output(m, bias, y, low, high):
                     q3 = t[7, tx] - t[11, tx] - t[15, tx]
                     j = 2 * tx
                     if j + 1 < width:
-                        bottom[j + 1] = clamp(start + q1 - q2 - q3, low, high)   # row 1 first: it may be
-                        top[j + 1] = clamp(start + s1 - s2 - s3, low, high)      # row 0's alias (cropped)
-                    bottom[j] = clamp(start + q0 + q1 + q2, low, high)
-                    top[j] = clamp(start + s0 + s1 + s2, low, high)
+                        bottom[j + 1] = clamp(start + q1 - q2 - q3, low, high, relu)   # row 1 first: it may be
+                        top[j + 1] = clamp(start + s1 - s2 - s3, low, high, relu)  # row 0's alias (cropped)
+                    bottom[j] = clamp(start + q0 + q1 + q2, low, high, relu)
+                    top[j] = clamp(start + s0 + s1 + s2, low, high, relu)

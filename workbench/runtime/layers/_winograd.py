@@ -28,7 +28,7 @@ def winograd_weights(w):
 
 def winograd_forward(x, u, pads, out_sizes, bias=None, workspace=FRESH, clamp=NO_CLAMP):
     """x [N, C, H, W] (float32, contiguous), u from winograd_weights, bias [C_out] or None ->
-    [N, C_out, *out_sizes], clamped to ``clamp`` = (low, high) (a fused activation). The
+    [N, C_out, *out_sizes], with ``clamp`` = (low, high, relu), a fused activation. The
     transforms are compiled loops (``_fused.winograd_input`` and ``winograd_output``, which adds
     the bias and clamps); the padded image, the transformed tiles and the products come from
     ``workspace``."""
