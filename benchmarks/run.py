@@ -6,7 +6,7 @@ with the same thread count for PyTorch and for numpy's BLAS. Printed per network
 times and their ratio, interleaved run by run and again settled (blocks of runs of one framework,
 each after a pause: with more than one thread, interleaved runs start while the other library's
 idle workers still spin on the second core), load
-time against a bare protobuf parse of the same file, peak memory of a prediction, and the
+time against a bare protobuf parse of the same file, peak memory of a load and of a prediction, and the
 agreement with PyTorch. Then the edit loop: ``model.use(cls)`` and rerunning
 the bundled example's test cases with their plots.
 
@@ -315,15 +315,14 @@ def machine(threads):
 
 def table(rows):
     head = ("| network | ours ms | PyTorch ms | ratio | settled: ours ms | PyTorch ms | ratio | load ms | "
-            "parse ms | load/parse | predict peak MB | max rel error |")
+            "parse ms | load/parse | file MB | load peak MB | predict peak MB | max rel error |")
     lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for r in rows:
         lines.append(f"| {r['network']} | {r['ours_ms']:.1f} | {r['torch_ms']:.1f} | "
                      f"{r['ours_ms'] / r['torch_ms']:.2f} | {r['ours_settled_ms']:.1f} | "
                      f"{r['torch_settled_ms']:.1f} | {r['settled_ratio']:.2f} | {r['load_ms']:.1f} | "
-                     f"{r['parse_ms']:.1f} | "
-                     f"{r['load_ms'] / r['parse_ms']:.2f} | {r['predict_peak_mb']:.1f} | "
-                     f"{r['max_rel_error']:.1e} |")
+                     f"{r['parse_ms']:.1f} | {r['load_ms'] / r['parse_ms']:.2f} | {r['file_mb']:.1f} | "
+                     f"{r['load_peak_mb']:.1f} | {r['predict_peak_mb']:.1f} | {r['max_rel_error']:.1e} |")
     return "\n".join(lines)
 
 
