@@ -1,14 +1,13 @@
 """Benchmark: the workbench runtime against PyTorch eager, on the CPU, in one process.
 
 Four networks are built in PyTorch (a ResNet-18, a MobileNetV2, a transformer encoder block and a
-2-layer LSTM), converted by coremltools to NeuralNetwork models, and predicted by both, interleaved,
-with the same thread count for PyTorch and for numpy's BLAS. Printed per network: median predict
-times and their ratio, interleaved run by run and again settled (blocks of runs of one framework,
-each after a pause: with more than one thread, interleaved runs start while the other library's
-idle workers still spin on the second core), load
-time against a bare protobuf parse of the same file, peak memory of a load and of a prediction, and the
-agreement with PyTorch. Then the edit loop: ``model.use(cls)`` and rerunning
-the bundled example's test cases with their plots.
+2-layer LSTM), converted by coremltools to NeuralNetwork models, and predicted by both, with the
+same thread count for PyTorch and for numpy's BLAS. Printed per network: median predict times and
+their ratio, interleaved run by run and again settled (blocks of runs of one framework, each after
+a pause: with more than one thread, interleaved runs start while the other library's idle workers
+still spin on the second core), load time against a bare protobuf parse of the same file, peak
+memory of a load and of a prediction, and the agreement with PyTorch. Then the edit loop:
+``model.use(cls)`` and rerunning the bundled example's test cases with their plots.
 
     python benchmarks/run.py [--threads N] [--repeat R] [--only resnet18,lstm]
 
