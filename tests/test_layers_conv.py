@@ -539,6 +539,21 @@ def test_activation_fused_into_its_convolution(activation, channels, groups, ker
     check(traced["out"], expected.numpy())
 
 
+@pytest.mark.parametrize("activation", ["relu", (-0.5, 0.5)])
+def test_activation_fused_into_a_depthwise_layer_with_a_channel_multiplier(activation):
+    """Two outputs per input channel: the strided-taps path, whose bias and clamp are one pass."""
+    r = rng(7)
+    w = r.standard_normal((8, 1, 3, 3)).astype(np.float32)       # 4 groups, 2 outputs each
+    bias = r.standard_normal(8).astype(np.float32)
+    x = r.standard_normal((1, 4, 9, 9)).astype(np.float32)
+    model = _conv_then(activation, w, 4, 1, 1, bias, x)
+    assert model.fused_activations == 1
+    conv = F.conv2d(t(x), t(w), t(bias), padding=1, groups=4)
+    expected = F.relu(conv) if activation == "relu" else torch.clamp(conv, *activation)
+    check(model.predict({"data": x})["out"], expected.numpy())
+    check(model.trace({"data": x})["conv_out"], conv.numpy())
+
+
 @pytest.mark.parametrize("extra", ["second reader", "output"])
 def test_activation_is_not_fused_where_its_input_is_read_elsewhere(extra):
     r = rng(6)

@@ -92,6 +92,20 @@ FRESH = _Fresh()
 # (low, high, relu) of a convolution's fused activation (plan.fuse_activations) when there is
 # none; ``relu``: np.maximum(x, 0), which gives +0 for -0 where np.clip keeps -0
 NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf), False)
+NO_BIAS = np.zeros(0, np.float32)      # what the compiled loops take for "no bias"
+
+
+def add_bias(y, bias, clamp=NO_CLAMP):
+    """A convolution's epilogue, in place on y [N, C, *spatial] (C-contiguous): + bias [C] (or
+    None), then its fused activation. With one, a single compiled pass (``_fused.bias_clamp``);
+    without, numpy's in-place add."""
+    if clamp is NO_CLAMP:
+        if bias is not None:
+            y += bias.reshape((-1,) + (1,) * (y.ndim - 2))
+        return y
+    fused().bias_clamp(y.reshape(y.shape[0] * y.shape[1], -1), NO_BIAS if bias is None else bias.reshape(-1),
+                       *clamp)
+    return y
 
 
 class Kernel:

@@ -14,7 +14,7 @@ import itertools
 
 import numpy as np
 
-from ._base import FRESH, NO_CLAMP, fused
+from ._base import FRESH, NO_CLAMP, add_bias, fused
 from ._taps import pad_trailing, tap_slices
 
 
@@ -25,15 +25,7 @@ def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, wo
     channels, mult = x.shape[1], wdw.shape[1]
     if mult == 1 and len(out_sizes) == 2:
         return _flat_2d(x, wdw[:, 0], strides, dilations, pads, out_sizes, bias, workspace, clamp)
-    y = _strided_taps(pad_trailing(x, pads), wdw, strides, dilations, out_sizes)
-    if bias is not None:
-        y += bias.reshape((-1,) + (1,) * len(out_sizes))
-    low, high, relu = clamp
-    if relu:
-        np.maximum(y, np.float32(0), out=y)
-    elif clamp is not NO_CLAMP:
-        np.clip(y, low, high, out=y)
-    return y
+    return add_bias(_strided_taps(pad_trailing(x, pads), wdw, strides, dilations, out_sizes), bias, clamp)
 
 
 def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace, clamp):

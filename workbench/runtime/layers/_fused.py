@@ -1,9 +1,9 @@
 """Compiled float32 kernels for the element-wise work numpy would spread over many passes.
 
 GELU, softmax, mean-variance statistics, an LSTM step's gates, a depthwise convolution's taps and
-Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary array per pass; here each is one loop
-that numba compiles to vector code. The scalar functions are written out (rather than calling
-libm) because only straight-line arithmetic vectorizes:
+Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary
+array per pass; here each is one loop that numba compiles to vector code. The scalar functions
+are written out (rather than calling libm) because only straight-line arithmetic vectorizes:
 
 - ``exp``: Cody-Waite reduction by ln 2 in two parts and the degree-5 minimax polynomial of
   Cephes' ``expf`` (S. Moshier), then scaling by 2^n through the exponent bits (two factors, so

@@ -8,9 +8,8 @@ two passes of additions (the input and output transforms of F(2, 3) have coeffic
 """
 import numpy as np
 
-from ._base import FRESH, NO_CLAMP, fused
+from ._base import FRESH, NO_BIAS, NO_CLAMP, fused
 
-_NO_BIAS = np.zeros(0, np.float32)
 _G = np.array([[1, 0, 0], [0.5, 0.5, 0.5], [0.5, -0.5, 0.5], [0, 0, 1]], np.float32)
 
 
@@ -45,7 +44,7 @@ def winograd_forward(x, u, pads, out_sizes, bias=None, workspace=FRESH, clamp=NO
     m = _planes(workspace, "winograd", c_out * tiles)
     np.matmul(u, v.reshape(16, c, tiles), out=m.reshape(16, c_out, tiles))
     y = workspace.output((n, c_out, ho, wo))
-    kernels.winograd_output(m.reshape(16, c_out, n, th, tw), _NO_BIAS if bias is None else bias, y, *clamp)
+    kernels.winograd_output(m.reshape(16, c_out, n, th, tw), NO_BIAS if bias is None else bias, y, *clamp)
     return y
 
 

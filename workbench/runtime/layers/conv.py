@@ -15,12 +15,10 @@ import math
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
-from ._base import FRESH, NO_CLAMP, Kernel, fused, kernel
+from ._base import FRESH, NO_CLAMP, Kernel, add_bias, kernel
 from ._depthwise import depthwise_forward
 from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
-
-_NO_BIAS = np.zeros(0, np.float32)
 
 # Winograd F(2x2, 3x3) beats im2col + GEMM on this many channels and output pixels (measured on
 # ResNet-18 layers: faster from 64 channels at 14x14 and up; slower at 512 channels, 7x7)
@@ -280,20 +278,14 @@ class _ConvolutionBase(Kernel):
             if depthwise:                                    # adds the bias and clamps itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
                                       self.workspace(), clamp)
-                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            if self._winograd_for(outs) is not None:         # adds the bias and clamps itself
+            elif self._winograd_for(outs) is not None:       # adds the bias and clamps itself
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
-                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-            y = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
-                             self.dilations, pads, outs, self.workspace())
-            if clamp is not NO_CLAMP:                        # bias and activation in one pass
-                bias = _NO_BIAS if self.bias is None else self.bias.reshape(-1)
-                fused().bias_clamp(y.reshape(-1, math.prod(outs)), bias, *clamp)
-                return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
-        if self.bias is not None:
-            y += self.bias
-        return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
+            else:
+                y = add_bias(conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
+                                          self.dilations, pads, outs, self.workspace()), self.bias, clamp)
+            return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
+        return add_bias(y, self.bias).reshape(tuple(lead) + (self.c_out,) + tuple(outs))
 
     def output_shapes(self, shapes):
         """[..., C_out, *out] from the input shape alone (weights from the file); None: run compute."""
