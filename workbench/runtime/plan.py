@@ -261,12 +261,14 @@ def fuse_activations(network, keep):
     fused = 0
     for index, step in enumerate(network.steps):
         bounds = _clamp_bounds(step)
-        found = producers.get(step.inputs[0]) if bounds else None
-        first, producer = found if found is not None else (index, None)
+        if bounds is None:
+            continue
+        blob = step.inputs[0]
+        first, producer = producers.get(blob) or (index, None)      # a model input: no producer
         if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
-                and len(producer.outputs) == 1 and readers[step.inputs[0]] == 1
-                and step.inputs[0] not in keep and not producer.kernel.deconv
-                and producer.kernel.fused_clamp is None and producer.kernel.top_level):
+                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep
+                and not producer.kernel.deconv and producer.kernel.fused_clamp is None
+                and producer.kernel.top_level):
             producer.kernel.fused_clamp = bounds
             step.passes_on = True
             fused += 1
