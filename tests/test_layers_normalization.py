@@ -192,6 +192,26 @@ def test_softmax_nd_every_axis(shape):
         check(run(b, x), torch.softmax(torch.from_numpy(x), dim=axis).numpy())
 
 
+
+@pytest.mark.parametrize("n", [8, 19, 128])
+def test_softmax_nd_long_rows_max_anywhere_and_special_values(n):
+    """Rows long enough for the interleaved running maxima: the largest logit at every position
+    (each lane and the tail), and rows holding NaN (first or later), +inf or -inf, against torch."""
+    rows = np.tile(rand(n, scale=3.0, seed=1), (n + 5, 1))
+    for k in range(n):
+        rows[k, k] = 40.0                             # one dominant logit, at position k
+    rows[n, 0] = np.nan
+    rows[n + 1, n - 1] = np.nan
+    rows[n + 2, n // 2] = np.inf
+    rows[n + 3, 1] = -np.inf
+    rows[n + 4, :] = -np.inf                           # every logit -inf: 0/0, NaN in torch
+    b = builder(rows.shape)
+    b.add_softmax_nd("sm", "data", "out", axis=-1)
+    got = run(b, rows)
+    want = torch.softmax(torch.from_numpy(rows), dim=-1).numpy()
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(want))
+    check(np.nan_to_num(got), np.nan_to_num(want))
+
 # ---------------------------------------------------------------- l2normalize
 
 def np_l2(x, eps):

@@ -211,22 +211,51 @@ def _squared_deviation64(row, mean):
     return s
 
 
+@_inline
+def _row_max(row):
+    """The largest element of ``row``, in eight interleaved running maxima: one running maximum
+    is a chain of dependent compares that does not vectorize (measured 3x slower). A NaN is
+    skipped unless it is the first element; the softmax's sum is NaN either way."""
+    n = row.size
+    m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
+    full = n - n % 8
+    for b in range(0, full, 8):
+        v0, v1, v2, v3 = row[b], row[b + 1], row[b + 2], row[b + 3]
+        v4, v5, v6, v7 = row[b + 4], row[b + 5], row[b + 6], row[b + 7]
+        m0 = v0 if v0 > m0 else m0
+        m1 = v1 if v1 > m1 else m1
+        m2 = v2 if v2 > m2 else m2
+        m3 = v3 if v3 > m3 else m3
+        m4 = v4 if v4 > m4 else m4
+        m5 = v5 if v5 > m5 else m5
+        m6 = v6 if v6 > m6 else m6
+        m7 = v7 if v7 > m7 else m7
+    for k in range(full, n):
+        v = row[k]
+        m0 = v if v > m0 else m0
+    m0 = m1 if m1 > m0 else m0
+    m2 = m3 if m3 > m2 else m2
+    m4 = m5 if m5 > m4 else m4
+    m6 = m7 if m7 > m6 else m6
+    m0 = m2 if m2 > m0 else m0
+    m4 = m6 if m6 > m4 else m4
+    return m4 if m4 > m0 else m0
+
+
 @_jit
 def softmax_rows(x, out):
-    """out[r] = softmax(x[r]) for each row: max subtracted, exp, divided by the float64 sum."""
+    """out[r] = softmax(x[r]) for each row: max subtracted, exp, divided by the float64 sum.
+    A NaN anywhere in a row makes the sum, so the whole row, NaN (as numpy's formula does)."""
     for r in range(x.shape[0]):
         row, dst = x[r], out[r]
-        m = row[0]
-        for k in range(1, row.size):
-            v = row[k]
-            m = v if v > m else m
-        if m != m:                                         # NaN anywhere wins over max's order
+        m = _row_max(row)
+        if m != m:
             m = _ZERO
         for k in range(row.size):
             dst[k] = exp(row[k] - m)
-        total = _f32(_sum64(dst))
+        inv = _ONE / _f32(_sum64(dst))          # one division per row, as torch's kernel does
         for k in range(row.size):
-            dst[k] = dst[k] / total
+            dst[k] = dst[k] * inv
 
 
 @_jit
