@@ -422,6 +422,62 @@ def test_check_and_custom_layers_calling_back_leave_a_prediction_intact():
     assert not bad
 
 
+def test_shallow_copies_predicting_at_once_agree_with_torch():
+    """copy.copy shares the network and its reused buffers, so it shares the run lock too:
+    the original and the copy predicting from two threads never overwrite each other's."""
+    import copy
+    import threading
+    model, reference = _reusing_model()
+    twin = copy.copy(model)
+    rng = np.random.default_rng(9)
+    xs = [rng.standard_normal((4, 9, 9)).astype(np.float32) for _ in range(2)]
+    wrong = []
+
+    def work(m, x):
+        want = reference(x)["dw"]
+        for _ in range(40):
+            got = m.predict({"x": x})["dw"]
+            if not np.allclose(got, want, rtol=1e-5, atol=1e-5):
+                wrong.append(float(np.abs(got - want).max()))
+    threads = [threading.Thread(target=work, args=(m, x)) for m, x in ((model, xs[0]), (twin, xs[1]))]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not wrong
+
+
+def test_a_model_loaded_from_a_file_can_be_deep_copied(tmp_path):
+    """Kernels with compiled loops (LSTM, GELU, tanh) keep no module object, which deepcopy
+    cannot copy; the copy predicts as torch does, apart from the original."""
+    import copy
+    import torch
+    from coremltools.models import datatypes
+    from coremltools.models.neural_network import NeuralNetworkBuilder
+    torch.manual_seed(0)
+    lstm = torch.nn.LSTM(3, 4)
+    w_ih, w_hh = lstm.weight_ih_l0.detach().numpy(), lstm.weight_hh_l0.detach().numpy()
+    bias = (lstm.bias_ih_l0 + lstm.bias_hh_l0).detach().numpy()
+    gates = lambda m: [m[k * 4:(k + 1) * 4] for k in (0, 1, 3, 2)]    # torch i f g o -> Core ML i f o z
+    b = NeuralNetworkBuilder([("x", datatypes.Array(3))], [("y", None)])
+    b.add_unilstm("lstm", gates(w_hh), gates(w_ih), gates(bias), hidden_size=4, input_size=3,
+                  input_names=["x"], output_names=["h", "h_out", "c_out"], output_all=True)
+    b.add_gelu("gelu", "h", "g", mode="EXACT")
+    b.add_activation("tanh", "TANH", "g", "y")
+    path = tmp_path / "lstm_gelu.mlmodel"
+    path.write_bytes(b.spec.SerializeToString())
+    model = wb.load(path)
+    twin = copy.deepcopy(model)
+    assert twin.network is not model.network
+    x = np.random.default_rng(10).standard_normal((5, 1, 3, 1, 1)).astype(np.float32)
+    with torch.no_grad():
+        h, _ = lstm(torch.from_numpy(x.reshape(5, 1, 3)))
+        want = torch.tanh(torch.nn.functional.gelu(h)).numpy()
+    for m in (twin, model):
+        got = m.predict({"x": x})["y"]
+        np.testing.assert_allclose(got.reshape(want.shape), want, rtol=1e-5, atol=1e-6)
+
+
 def test_a_model_can_be_copied():
     import copy
     model, reference = _reusing_model()

@@ -57,7 +57,7 @@ class Model(WholeSpecMixin, LiveImplementations):
         self.implementations = Implementations()
         self.implementations.add_source(layers)
         self.state = RunState(name, self.limits)
-        self._running, self._depth = threading.RLock(), 0
+        self._running = threading.RLock()
         self._plan()
         self._bind_implementations()
         self.blob_shapes = self._shape_pass()
@@ -154,13 +154,21 @@ class Model(WholeSpecMixin, LiveImplementations):
         fresh ones, so the outer run's blobs stay intact)."""
         with self._running:
             outer = self.state.reuse_buffers
-            self.state.reuse_buffers = reuse_buffers and self._depth == 0
-            self._depth += 1
+            self.state.reuse_buffers = reuse_buffers and self.state.depth == 0
+            self.state.depth += 1
             try:
                 yield
             finally:
-                self._depth -= 1
+                self.state.depth -= 1
                 self.state.reuse_buffers = outer
+
+    def __copy__(self):
+        """A second handle on the same network, buffers and implementations (an edit applied
+        through one applies to both), so also on the same run lock: the two never run at once
+        and overwrite each other's buffers. ``copy.deepcopy`` gives an independent model."""
+        twin = object.__new__(type(self))
+        twin.__dict__.update(self.__dict__)
+        return twin
 
     def __getstate__(self):         # a lock cannot be copied or pickled: the copy gets its own
         state = dict(self.__dict__)

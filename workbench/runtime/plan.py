@@ -24,11 +24,12 @@ class RunState:
     load-time shape pass is running. Not the model itself, so the plan holds no reference back
     to it: a dropped model is freed at once, not at the next cyclic garbage collection."""
 
-    __slots__ = ("model_name", "limits", "shapes_only", "reuse_buffers", "scratch")
+    __slots__ = ("model_name", "limits", "shapes_only", "reuse_buffers", "depth", "scratch")
 
     def __init__(self, model_name, limits):
         self.model_name, self.limits, self.shapes_only = model_name, limits, False
         self.reuse_buffers = False       # True while predict runs (Kernel.workspace)
+        self.depth = 0                   # runs of the network in progress, nested (Model.running)
         self.scratch = Scratch()
 
 

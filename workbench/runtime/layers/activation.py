@@ -59,7 +59,7 @@ class Activation(Kernel):
         # cycle, and would hold the kernel (and the file buffer its weights view) until a gc pass
         self._nonlinearity = getattr(type(self), "_" + self.nonlinearity)
         if self.nonlinearity in ("tanh", "sigmoid"):
-            self.fused = fused()
+            fused()                         # numba's import at load, not at the first prediction
         if self.nonlinearity in ("PReLU", "parametricSoftplus"):    # per-channel: let compute check C
             self.output_shapes = None
 
@@ -85,13 +85,15 @@ class Activation(Kernel):
         return np.where(x >= 0, x, x * self.alpha)
 
     def _tanh(self, x):
-        return self.fused.flat_map(self.fused.map_tanh, x)
+        kernels = fused()
+        return kernels.flat_map(kernels.map_tanh, x)
 
     def _scaledTanh(self, x):
         return np.float32(self.alpha) * np.tanh(np.float32(self.beta) * x)
 
     def _sigmoid(self, x):
-        return self.fused.flat_map(self.fused.map_sigmoid, x)
+        kernels = fused()
+        return kernels.flat_map(kernels.map_sigmoid, x)
 
     def _sigmoidHard(self, x):
         return np.clip(np.float32(self.alpha) * x + np.float32(self.beta), np.float32(0), np.float32(1))
@@ -198,11 +200,11 @@ class Gelu(Kernel):
         if mode not in modes.values():
             raise self.unsupported(f"gelu mode number {mode}")
         self.mode = modes.Name(mode)
-        self.fused = fused()
-        self.mode_code = self.fused.GELU_MODES[self.mode]
+        self.mode_code = fused().GELU_MODES[self.mode]
 
     def compute(self, x):
-        return self.fused.flat_map(self.fused.gelu, x, self.mode_code)
+        kernels = fused()
+        return kernels.flat_map(kernels.gelu, x, self.mode_code)
 
 
 @kernel("erf")
@@ -213,10 +215,11 @@ class Erf(Kernel):
 
     def __init__(self, layer, ctx):
         super().__init__(layer, ctx)
-        self.fused = fused()
+        fused()                             # numba's import at load, not at the first prediction
 
     def compute(self, x):
-        return self.fused.flat_map(self.fused.map_erf, x)
+        kernels = fused()
+        return kernels.flat_map(kernels.map_erf, x)
 
 
 # ---------------------------------------------------------------- parameterless unary kinds

@@ -258,11 +258,14 @@ class _LSTMDirection:
         self.f, self.g, self.h = acts
         self.hidden = H
         standard = self.f is _sigmoid and self.g is np.tanh and self.h is np.tanh
-        self.fused = fused() if standard and self.peep is None else None
+        # not the module itself: a kernel holding a module could not be deep-copied
+        self.compiled = standard and self.peep is None
+        if self.compiled:
+            fused()                         # numba's import at load, not at the first prediction
 
     def run(self, seq, h, c):
         """Run over seq [Seq, Batch, C] in order; returns (outputs [Seq, Batch, H], h, c)."""
-        if self.fused is not None:
+        if self.compiled:
             return self._run_standard(seq, h, c)
         H = self.hidden
         steps, batch, cin = seq.shape
@@ -299,7 +302,7 @@ class _LSTMDirection:
         pre = np.empty((4 * self.hidden, batch), np.float32)
         c_cols = np.array(c.T, dtype=np.float32, order="C")              # [H, Batch], ours
         h_cols = np.ascontiguousarray(h.T, dtype=np.float32)
-        gates, clip = self.fused.lstm_gates, np.float32(GATE_CLIP)
+        gates, clip = fused().lstm_gates, np.float32(GATE_CLIP)
         for t in range(steps):
             np.matmul(self.r_rows, h_cols, out=pre)
             h_cols = out[t]
