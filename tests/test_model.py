@@ -449,7 +449,7 @@ def test_shallow_copies_predicting_at_once_agree_with_torch():
 
 def test_a_model_loaded_from_a_file_can_be_deep_copied(tmp_path):
     """Kernels with compiled loops (LSTM, GELU, tanh) keep no module object, which deepcopy
-    cannot copy; the copy predicts as torch does, apart from the original."""
+    cannot copy; the copy has its own network and run state, and both predict as torch does."""
     import copy
     import torch
     from coremltools.models import datatypes
@@ -468,7 +468,7 @@ def test_a_model_loaded_from_a_file_can_be_deep_copied(tmp_path):
     path.write_bytes(b.spec.SerializeToString())
     model = wb.load(path)
     twin = copy.deepcopy(model)
-    assert twin.network is not model.network
+    assert twin.network is not model.network and twin.state is not model.state
     x = np.random.default_rng(10).standard_normal((5, 1, 3, 1, 1)).astype(np.float32)
     with torch.no_grad():
         h, _ = lstm(torch.from_numpy(x.reshape(5, 1, 3)))

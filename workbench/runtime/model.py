@@ -170,7 +170,7 @@ class Model(WholeSpecMixin, LiveImplementations):
         twin.__dict__.update(self.__dict__)
         return twin
 
-    def __getstate__(self):         # a lock cannot be copied or pickled: the copy gets its own
+    def __getstate__(self):         # copy.deepcopy: a lock cannot be copied, the copy gets its own
         state = dict(self.__dict__)
         del state["_running"]
         return state
@@ -178,6 +178,7 @@ class Model(WholeSpecMixin, LiveImplementations):
     def __setstate__(self, state):
         self.__dict__.update(state)
         self._running = threading.RLock()
+        self.state.depth, self.state.reuse_buffers = 0, False     # copied mid-run: not running
 
     def check(self, inputs=None):
         """Check every custom layer against MLCustomLayer's contract on this model's inputs.
