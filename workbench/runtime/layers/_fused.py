@@ -213,6 +213,12 @@ def _squared_deviation64(row, mean):
 
 
 @_inline
+def _larger(v, m):
+    """v if it is larger than m, else m (a NaN v leaves m)."""
+    return v if v > m else m
+
+
+@_inline
 def _row_max(row):
     """The largest element of ``row``, as eight independent running maxima the CPU advances in
     parallel: a single running maximum is one chain of dependent compares (measured 2x slower
@@ -223,26 +229,14 @@ def _row_max(row):
     m0 = m1 = m2 = m3 = m4 = m5 = m6 = m7 = row[0]
     full = n - n % 8
     for b in range(0, full, 8):
-        v0, v1, v2, v3 = row[b], row[b + 1], row[b + 2], row[b + 3]
-        v4, v5, v6, v7 = row[b + 4], row[b + 5], row[b + 6], row[b + 7]
-        m0 = v0 if v0 > m0 else m0
-        m1 = v1 if v1 > m1 else m1
-        m2 = v2 if v2 > m2 else m2
-        m3 = v3 if v3 > m3 else m3
-        m4 = v4 if v4 > m4 else m4
-        m5 = v5 if v5 > m5 else m5
-        m6 = v6 if v6 > m6 else m6
-        m7 = v7 if v7 > m7 else m7
+        m0, m1, m2, m3 = (_larger(row[b], m0), _larger(row[b + 1], m1),
+                          _larger(row[b + 2], m2), _larger(row[b + 3], m3))
+        m4, m5, m6, m7 = (_larger(row[b + 4], m4), _larger(row[b + 5], m5),
+                          _larger(row[b + 6], m6), _larger(row[b + 7], m7))
     for k in range(full, n):
-        v = row[k]
-        m0 = v if v > m0 else m0
-    m0 = m1 if m1 > m0 else m0
-    m2 = m3 if m3 > m2 else m2
-    m4 = m5 if m5 > m4 else m4
-    m6 = m7 if m7 > m6 else m6
-    m0 = m2 if m2 > m0 else m0
-    m4 = m6 if m6 > m4 else m4
-    return m4 if m4 > m0 else m0
+        m0 = _larger(row[k], m0)
+    return _larger(_larger(_larger(m1, m0), _larger(m3, m2)),
+                   _larger(_larger(m5, m4), _larger(m7, m6)))
 
 
 @_jit
