@@ -68,3 +68,33 @@ def test_winograd_weights_are_transformed_only_for_layers_that_use_them(declared
     assert (kernel.winograd is not None) == (size >= 14)
     expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
     assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()
+
+
+def test_an_input_with_inf_or_nan_is_convolved_as_the_formula_says():
+    """Winograd's transforms add and subtract a tile's pixels, so one inf turns into inf - inf =
+    NaN across its 4x4 tile, beside outputs that never read it. Such an input takes the im2col
+    path: non-finite exactly where torch's convolution is, finite values equal."""
+    from support import exact_rank_builder
+    import workbench as wb
+    rng = np.random.default_rng(2)
+    w = rng.standard_normal((64, 64, 3, 3), dtype=np.float32)
+    x = rng.standard_normal((1, 64, 16, 16), dtype=np.float32)
+    x[0, 3, 5, 7] = np.inf
+    x[0, 10, 12, 2] = np.nan
+    b = exact_rank_builder({"x": x.shape})
+    b.add_convolution("conv", kernel_channels=64, output_channels=64, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="same", groups=1, W=w.transpose(2, 3, 1, 0), b=None,
+                      has_bias=False, input_name="x", output_name="output")
+    model = wb.load(b.spec)
+    got = model.predict({"x": x})["output"]
+    assert model.network.steps[0].kernel.winograd is not None        # a layer that uses Winograd
+    expected = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    assert np.isfinite(expected).sum() == expected.size - 2 * 9 * 64  # 3x3 outputs read each pixel
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(expected))
+    np.testing.assert_array_equal(got[np.isinf(expected)], expected[np.isinf(expected)])
+    finite = np.isfinite(expected)
+    assert np.abs(got[finite] - expected[finite]).max() <= 1e-5 * np.abs(expected[finite]).max()
+    clean = rng.standard_normal(x.shape, dtype=np.float32)           # and a clean input after it
+    expected = F.conv2d(torch.from_numpy(clean), torch.from_numpy(w), padding=1).numpy()
+    got = model.predict({"x": clean})["output"]
+    assert np.abs(got - expected).max() <= 1e-5 * np.abs(expected).max()

@@ -85,6 +85,14 @@ def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_si
     return np.matmul(wmat, cols, out=out).reshape((n, c_out) + tuple(out_sizes))
 
 
+def _all_finite(x):
+    """Whether ``x`` holds no inf or NaN. Winograd's transforms add and subtract a tile's pixels,
+    so one inf becomes inf - inf = NaN across its 4x4 tile, beside outputs that never read it;
+    the convolution's formula gives inf only where it is read. Such an input takes im2col. One
+    float32 sum, no temporary; a sum that overflows only sends a finite input the slower way."""
+    return bool(np.isfinite(np.add.reduce(x, axis=None)))
+
+
 def _copy_into(destination, source):
     np.copyto(destination, source)
     return destination
@@ -278,7 +286,7 @@ class _ConvolutionBase(Kernel):
             if depthwise:                                    # adds the bias and clamps itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
                                       self.workspace(), clamp)
-            elif self._winograd_for(outs) is not None:       # adds the bias and clamps itself
+            elif self._winograd_for(outs) is not None and _all_finite(xb):  # adds the bias, clamps
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
             else:
