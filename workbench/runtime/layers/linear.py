@@ -70,6 +70,17 @@ class InnerProduct(Kernel):
         return y.reshape(tuple(lead) + (self.cout,) + tail)
 
 
+_ROW_MAJOR_COPY_BYTES = 8 << 20
+
+
+def _row_major(m):
+    """A transposed operand, copied row-major when it is small: OpenBLAS multiplies small
+    row-major operands faster by more than the copy costs (attention's Q K^T, 8 x 128x32x128:
+    200 -> 110 us). A large one is left as it is (BLAS reads it transposed, 3-12% slower), so a
+    big product does not hold a second copy of it."""
+    return np.ascontiguousarray(m) if m.nbytes <= _ROW_MAJOR_COPY_BYTES else m
+
+
 @kernel("batchedMatmul")
 class BatchedMatMul(Kernel):
     """numpy-style batched matmul of two inputs, or of one input with a constant [X1, X2] matrix."""
@@ -135,12 +146,10 @@ class BatchedMatMul(Kernel):
             a = a[None, :]
         if b.ndim == 1:
             b = b[:, None]
-        # a transposed operand is copied row-major: OpenBLAS's products of row-major operands
-        # are faster by more than the copy (attention's Q K^T, 8 x 128x32x128: 200 -> 110 us)
         if self.transpose_a:
-            a = np.ascontiguousarray(np.swapaxes(a, -1, -2))
+            a = _row_major(np.swapaxes(a, -1, -2))
         if self.transpose_b:
-            b = np.ascontiguousarray(np.swapaxes(b, -1, -2))
+            b = _row_major(np.swapaxes(b, -1, -2))
         if a.shape[-1] != b.shape[-2]:
             raise LayerError(self.ctx.model_name, self.name,
                              f"batchedMatmul cannot multiply matrices of shapes {a.shape[-2:]} and "
