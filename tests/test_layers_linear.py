@@ -142,6 +142,7 @@ MATMUL_CASES = [
     ((4,), (4, 5), False, False),                  # 1-D a -> output (1, 5)
     ((3, 4), (4,), False, False),                  # 1-D b -> output (3, 1)
     ((4,), (4,), False, False),                    # -> (1, 1)
+    ((3, 16, 45000), (3, 4, 16), True, True),      # a over 8 MB: read transposed, not copied
 ]
 
 
