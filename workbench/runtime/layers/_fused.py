@@ -246,9 +246,7 @@ def softmax_rows(x, out):
     NaN (as torch.softmax does)."""
     for r in range(x.shape[0]):
         row, dst = x[r], out[r]
-        m = _row_max(row)
-        if m != m:
-            m = _ZERO
+        m = _row_max(row)                        # NaN (first element NaN): every exp is NaN
         for k in range(row.size):
             dst[k] = exp(row[k] - m)
         inv = _ONE / _f32(_sum64(dst))          # one division per row, as torch's kernel does
