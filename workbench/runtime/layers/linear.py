@@ -64,7 +64,7 @@ class InnerProduct(Kernel):
         flat = x.reshape(-1, self.cin)
         if self.quantize_input:
             flat = _quantize_input_int8(flat)
-        y = flat @ self.w
+        y = np.matmul(flat, self.w, out=self.workspace().output((flat.shape[0], self.cout)))
         if self.b is not None:
             y += self.b
         return y.reshape(tuple(lead) + (self.cout,) + tail)
