@@ -34,6 +34,12 @@ def fused():
     return _fused
 
 
+def gemm():
+    """The compiled few-rows product (``_gemm.py``), imported like ``fused``."""
+    from . import _gemm
+    return _gemm
+
+
 class Scratch:
     """A model's scratch arrays (padded images, im2col columns, depthwise phases), one growing
     flat pool per key, shared by its top-level kernels: they run one at a time, and need their

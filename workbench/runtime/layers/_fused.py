@@ -1,6 +1,6 @@
 """Compiled float32 kernels for the element-wise work numpy would spread over many passes.
 
-GELU, softmax, mean-variance statistics, an LSTM step's gates, a depthwise convolution's taps and
+GELU, softmax, mean-variance statistics, an LSTM's steps, a depthwise convolution's taps and
 Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary
 array per pass; here each is one loop that numba compiles to vector code. The scalar functions
 are written out (rather than calling libm) because only straight-line arithmetic vectorizes:
@@ -24,6 +24,7 @@ numba is imported by this module, so kernels import it only when they first need
 ``_base.fused``: only models with these layers pay numba's import); each function compiles once
 per machine (``cache=True``).
 """
+import llvmlite.ir as ir
 import numpy as np
 from numba import njit, types
 from numba.extending import intrinsic
@@ -47,6 +48,25 @@ def _float_from_bits(typingctx, bits):
     def codegen(context, builder, signature, args):
         return builder.bitcast(args[0], context.get_value_type(types.float32))
     return types.float32(types.int32), codegen
+
+
+@intrinsic
+def call_product(typingctx, address, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
+    """c += a @ b through ``_gemm.product``, called at ``address`` (``_gemm.ADDRESS``, passed in at
+    run time so that the calling code can be cached): a, b and c are float32 arrays, the strides
+    and sizes in elements from their first elements, as ``_gemm.product`` reads them. Unchecked:
+    the caller keeps every offset inside its array."""
+    floats, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
+    target = ir.FunctionType(ir.VoidType(), [floats, i64, i64, floats, i64, floats, i64, i64, i64, i64])
+
+    def codegen(context, builder, signature, args):
+        arrays = {i: context.make_array(signature.args[i])(context, builder, args[i]).data for i in (1, 4, 6)}
+        values = [arrays.get(i, args[i]) for i in range(1, len(args))]
+        builder.call(builder.inttoptr(args[0], target.as_pointer()), values)
+        return context.get_dummy_value()
+
+    ints = types.int64
+    return types.void(ints, a, ints, ints, b, ints, c, ints, ints, ints, ints), codegen
 
 
 # ---------------------------------------------------------------- calling the kernels from numpy
@@ -273,32 +293,34 @@ def standardize_rows(x, out, eps, divide_by_std):
 # ---------------------------------------------------------------- LSTM
 
 @_jit
-def lstm_gates(pre, xproj, first, bias, c, h, gate_clip, cell_clip, coupled):
-    """One LSTM step's gates (order i, f, o, z). ``pre`` [4H, Batch] is R h; the step's input
-    projection, columns ``first:first + Batch`` of ``xproj`` [4H, Seq * Batch], and ``bias`` [4H]
-    are added to it first. Then the cell ``c`` [H, Batch] is updated in place and the new state
-    written to ``h`` [H, Batch]. Pre-activations are clipped to +-gate_clip and the cell to
-    +-cell_clip, as the proto says."""
-    hidden, batch = c.shape
-    for r in range(4 * hidden):
-        bias_r, row, step = bias[r], pre[r], xproj[r, first:first + batch]
+def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
+    """An LSTM over a whole sequence, gates in the order i, f, o, z. ``pre`` [Seq, Batch, 4H]
+    holds each step's input projection and bias; step t adds h_(t-1) R^T to its slice in place
+    (``rt`` [H, 4H], row-major, by ``_gemm``'s product at the address ``product``), then updates the cell ``c``
+    [Batch, H] in place and writes h_t to ``out[t]`` [Batch, H]; ``h0`` is the state before the
+    first step. Pre-activations are clipped to +-gate_clip and the cell to +-cell_clip, as the
+    proto says."""
+    steps, batch, hidden = out.shape
+    width = 4 * hidden
+    h = h0
+    for t in range(steps):
+        step, h_out = pre[t], out[t]
+        call_product(product, h, hidden, 1, rt, width, step, width, batch, width, hidden)
         for b in range(batch):
-            row[b] += step[b] + bias_r
-    n = hidden * batch
-    flat = pre.ravel()
-    pi, pf, po, pz = flat[:n], flat[n:2 * n], flat[2 * n:3 * n], flat[3 * n:]
-    cf, hf = c.ravel(), h.ravel()
-    for k in range(n):
-        i = sigmoid(min(max(pi[k], -gate_clip), gate_clip))
-        o = sigmoid(min(max(po[k], -gate_clip), gate_clip))
-        z = tanh(min(max(pz[k], -gate_clip), gate_clip))
-        if coupled:
-            cell = cf[k] * (_ONE - i) + i * z
-        else:
-            cell = cf[k] * sigmoid(min(max(pf[k], -gate_clip), gate_clip)) + i * z
-        cell = min(max(cell, -cell_clip), cell_clip)
-        cf[k] = cell
-        hf[k] = o * tanh(cell)
+            row, cb, hb = step[b], c[b], h_out[b]
+            pi, pf, po, pz = row[:hidden], row[hidden:2 * hidden], row[2 * hidden:3 * hidden], row[3 * hidden:]
+            for k in range(hidden):
+                i = sigmoid(min(max(pi[k], -gate_clip), gate_clip))
+                o = sigmoid(min(max(po[k], -gate_clip), gate_clip))
+                z = tanh(min(max(pz[k], -gate_clip), gate_clip))
+                if coupled:
+                    cell = cb[k] * (_ONE - i) + i * z
+                else:
+                    cell = cb[k] * sigmoid(min(max(pf[k], -gate_clip), gate_clip)) + i * z
+                cell = min(max(cell, -cell_clip), cell_clip)
+                cb[k] = cell
+                hb[k] = o * tanh(cell)
+        h = h_out
 
 
 # ---------------------------------------------------------------- depthwise convolution
