@@ -4,6 +4,8 @@ References: torch.nn.RNN / LSTM with the same weights where torch computes the s
 orders differ: torch LSTM is [i, f, g, o], Core ML [i, f, o, z]); elsewhere numpy loops written from
 NeuralNetwork.proto's equations (Core ML's GRU applies the reset gate before R_o, unlike torch's).
 """
+import sys
+
 import numpy as np
 import pytest
 import torch
@@ -222,6 +224,26 @@ def test_unilstm_matches_torch(sequence_output, exact):
         y, (h, c) = lstm(torch.from_numpy(x[..., 0, 0]), (torch.from_numpy(h0[..., 0, 0]),
                                                            torch.from_numpy(c0[..., 0, 0])))
     close(got["y"], seq_out(y.numpy(), sequence_output))
+    close(got["h"], h.numpy()[..., None, None])
+    close(got["c"], c.numpy()[..., None, None])
+
+
+@pytest.mark.parametrize("batch,hidden", [(1, 256), (11, 20), (8, 33)])
+def test_unilstm_matches_torch_at_batches_and_widths_of_every_product_path(monkeypatch, batch, hidden):
+    """The compiled step product works in tiles of rows (the batch) and of vectors (4H columns),
+    with single rows, one vector and scalar columns left over: these sizes take each path."""
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    monkeypatch.setattr(sys.modules[__name__], "H", hidden)
+    lstm = torch.nn.LSTM(CIN, hidden)
+    W, R, B = torch_to_coreml_lstm(lstm)
+    m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, hidden, CIN, i, o, output_all=True), 2,
+              exact=True)
+    x, (h0, c0) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(2)
+    got = m.predict(feed(x, [h0, c0]))
+    with torch.no_grad():
+        y, (h, c) = lstm(torch.from_numpy(x[..., 0, 0]), (torch.from_numpy(h0[..., 0, 0]),
+                                                           torch.from_numpy(c0[..., 0, 0])))
+    close(got["y"], y.numpy()[..., None, None])
     close(got["h"], h.numpy()[..., None, None])
     close(got["c"], c.numpy()[..., None, None])
 
