@@ -10,8 +10,8 @@ one thread.
 The product keeps a tile of c in vector registers while it walks k: ``ROWS`` rows of a (each
 element broadcast) by two vectors of b's columns, one fused multiply-add per pair. ``b`` is read
 row-major (the caller lays its weights out so at load); ``a`` may be strided either way, since
-its elements are broadcast one at a time. Columns past the last full vector, and rows past the
-last full tile, take narrower tiles and then a scalar loop.
+its elements are broadcast one at a time. Rows past the last full tile take one tile of their
+height; columns past the last pair of vectors, one vector, then a scalar loop.
 
 The vector width follows the CPU: 16 float32 lanes with AVX-512, 8 otherwise. numba caches the
 compiled code per CPU, so a cache made on another machine is not reused.
@@ -114,6 +114,20 @@ class _Operands:
             for v in range(vectors):
                 bld.store(acc[r][v], c_at[r][v], align=4)
 
+    def rest(self, i0, m, j0, vectors):
+        """The rows past the last full tile, m - i0 < ROWS of them, as one tile of that height:
+        a tile per row would read b's columns once per row."""
+        bld = self.builder
+        after = bld.append_basic_block("rest.after")
+        switch = bld.switch(bld.sub(m, i0), after)
+        for rows in range(1, ROWS):
+            case = bld.append_basic_block(f"rest.{rows}")
+            switch.add_case(_const(rows), case)
+            bld.position_at_end(case)
+            self.tile(i0, j0, rows, vectors)
+            bld.branch(after)
+        bld.position_at_end(after)
+
     def scalar(self, i, j):
         """c[i, j] += a[i, :] @ b[:, j], one element (the columns past the last vector)."""
         bld = self.builder
@@ -151,7 +165,7 @@ def _accumulate_product(typingctx, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
         def columns(vectors):
             def at(j0):
                 last = _emit_loop(builder, _const(0), m, ROWS, lambda i0: ops.tile(i0, j0, ROWS, vectors), "rows")
-                _emit_loop(builder, last, m, 1, lambda i0: ops.tile(i0, j0, 1, vectors), "row")
+                ops.rest(last, m, j0, vectors)
             return at
 
         j = _emit_loop(builder, _const(0), n, 2 * LANES, columns(2), "cols")
