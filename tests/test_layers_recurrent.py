@@ -179,6 +179,42 @@ def test_gru_without_initial_state_starts_from_zeros():
     close(m.predict({"x": x})["y"], y[..., None, None])
 
 
+# the compiled step product works in tiles of rows (the batch) and of vectors (the gates' columns),
+# with single rows, one vector and scalar columns left over: these sizes take each path
+PRODUCT_SIZES = [(1, 64), (11, 20), (8, 33)]
+
+
+@pytest.mark.parametrize("batch,hidden", PRODUCT_SIZES)
+@pytest.mark.parametrize("act", ["TANH", "SIGMOID"])
+def test_compiled_simple_rnn_at_batches_and_widths_of_every_product_path(monkeypatch, batch, hidden, act):
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    monkeypatch.setattr(sys.modules[__name__], "H", hidden)
+    w, r, b = rand(hidden, CIN), rand(hidden, hidden, scale=0.2), rand(hidden)
+    m = model(lambda bld, i, o: bld.add_simple_rnn("rnn", r, w, b, hidden, CIN, act, i, o, output_all=True), 1,
+              exact=True)
+    x, (h0,) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(1)
+    got = m.predict(feed(x, [h0]))
+    y, h = numpy_rnn(x[..., 0, 0], h0[0, ..., 0, 0], w, r, b, ACTS[act], False)
+    close(got["y"], y[..., None, None])
+    close(got["h"], h[None, ..., None, None])
+
+
+@pytest.mark.parametrize("batch,hidden", PRODUCT_SIZES)
+def test_compiled_gru_at_batches_and_widths_of_every_product_path(monkeypatch, batch, hidden):
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    monkeypatch.setattr(sys.modules[__name__], "H", hidden)
+    W = [rand(hidden, CIN) for _ in range(3)]
+    R = [rand(hidden, hidden, scale=0.2) for _ in range(3)]
+    B = [rand(hidden) for _ in range(3)]
+    m = model(lambda bld, i, o: bld.add_gru("gru", R, W, B, hidden, CIN, i, o, activation="TANH",
+                                            inner_activation="SIGMOID", output_all=True), 1, exact=True)
+    x, (h0,) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(1)
+    got = m.predict(feed(x, [h0]))
+    y, h = numpy_gru(x[..., 0, 0], h0[0, ..., 0, 0], W, R, B, ACTS["SIGMOID"], np.tanh, False)
+    close(got["y"], y[..., None, None])
+    close(got["h"], h[None, ..., None, None])
+
+
 # ---------------------------------------------------------------- LSTM
 
 def numpy_lstm(x, h, c, W, R, B, P, acts, coupled=False, cell_clip=50.0, reverse=False):
@@ -228,10 +264,8 @@ def test_unilstm_matches_torch(sequence_output, exact):
     close(got["c"], c.numpy()[..., None, None])
 
 
-@pytest.mark.parametrize("batch,hidden", [(1, 256), (11, 20), (8, 33)])
+@pytest.mark.parametrize("batch,hidden", [(1, 256)] + PRODUCT_SIZES[1:])
 def test_unilstm_matches_torch_at_batches_and_widths_of_every_product_path(monkeypatch, batch, hidden):
-    """The compiled step product works in tiles of rows (the batch) and of vectors (4H columns),
-    with single rows, one vector and scalar columns left over: these sizes take each path."""
     monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
     monkeypatch.setattr(sys.modules[__name__], "H", hidden)
     lstm = torch.nn.LSTM(CIN, hidden)

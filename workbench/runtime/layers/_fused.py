@@ -1,6 +1,6 @@
 """Compiled float32 kernels for the element-wise work numpy would spread over many passes.
 
-GELU, softmax, mean-variance statistics, an LSTM's steps, a depthwise convolution's taps and
+GELU, softmax, mean-variance statistics, recurrent layers' steps, a depthwise convolution's taps and
 Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary
 array per pass; here each is one loop that numba compiles to vector code. The scalar functions
 are written out (rather than calling libm) because only straight-line arithmetic vectorizes:
@@ -320,6 +320,58 @@ def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
                 cell = min(max(cell, -cell_clip), cell_clip)
                 cb[k] = cell
                 hb[k] = o * tanh(cell)
+        h = h_out
+
+
+@_inline
+def _gate(x, gate_clip):
+    return min(max(x, -gate_clip), gate_clip)
+
+
+@_jit
+def gru_sequence(product, pre, r_zr, r_o, h0, reset_h, out, gate_clip):
+    """Core ML's GRU over a whole sequence, with sigmoid and tanh. ``pre`` [Seq, Batch, 3H]
+    holds each step's input projection and bias, columns z, r, o; step t adds h R_zr^T
+    (``r_zr`` [H, 2H]) to its z and r columns, then (r * h) R_o^T (``r_o`` [H, H]; the reset
+    gate scales the state before R_o) to its o columns, and writes
+    h_t = (1 - z) * o + z * h_(t-1) to ``out[t]``; ``reset_h`` [Batch, H] is scratch.
+    Products by ``_gemm``'s product at the address ``product``; pre-activations clipped to
+    +-gate_clip, as the proto says."""
+    steps, batch, hidden = out.shape
+    width = 3 * hidden
+    h = h0
+    for t in range(steps):
+        step, h_out = pre[t], out[t]
+        call_product(product, h, hidden, 1, r_zr, 2 * hidden, step, width, batch, 2 * hidden, hidden)
+        for b in range(batch):
+            pr, hb, rb = step[b, hidden:2 * hidden], h[b], reset_h[b]
+            for k in range(hidden):
+                rb[k] = sigmoid(_gate(pr[k], gate_clip)) * hb[k]
+        call_product(product, reset_h, hidden, 1, r_o, hidden, step[:, 2 * hidden:], width, batch, hidden,
+                     hidden)
+        for b in range(batch):
+            pz, po, hb, ob = step[b, :hidden], step[b, 2 * hidden:], h[b], h_out[b]
+            for k in range(hidden):
+                z = sigmoid(_gate(pz[k], gate_clip))
+                ob[k] = (_ONE - z) * tanh(_gate(po[k], gate_clip)) + z * hb[k]
+        h = h_out
+
+
+@_jit
+def rnn_sequence(product, pre, rt, h0, out, gate_clip, use_tanh):
+    """A simple recurrent layer over a whole sequence: h_t = f(clip(pre[t] + h_(t-1) R^T)) with
+    f tanh (``use_tanh``) or sigmoid, written to ``out[t]``; ``pre`` [Seq, Batch, H] holds each
+    step's input projection and bias, ``rt`` is R^T [H, H] row-major."""
+    steps, batch, hidden = out.shape
+    h = h0
+    for t in range(steps):
+        step, h_out = pre[t], out[t]
+        call_product(product, h, hidden, 1, rt, hidden, step, hidden, batch, hidden, hidden)
+        for b in range(batch):
+            row, ob = step[b], h_out[b]
+            for k in range(hidden):
+                v = _gate(row[k], gate_clip)
+                ob[k] = tanh(v) if use_tanh else sigmoid(v)
         h = h_out
 
 

@@ -3,7 +3,9 @@
 Blobs are ``[Seq, Batch, C, 1, 1]`` in both array mappings (states ``[1, Batch, H, 1, 1]``).
 The input projections of all time steps are one matmul; the loop runs over time steps only,
 with one matmul per step for the recurrent term (two for GRU, whose output gate multiplies
-``r * h``). Gate pre-activations are clipped to [-50, 50] as the proto specifies.
+``r * h``). With the usual activations the loop over steps is compiled (``_fused``) and its
+products are ``_gemm``'s; other activations run it in Python with numpy. Gate pre-activations
+are clipped to [-50, 50] as the proto specifies.
 """
 import numpy as np
 
@@ -162,6 +164,10 @@ class SimpleRecurrent(_Recurrent):
         self.bias = self._vector(p.biasVector, "biasVector", p.hasBiasVector)
         self.act = _recurrent_activation(self, p.activation, "activation")
         self.sequence_output, self.reverse = bool(p.sequenceOutput), bool(p.reverseInput)
+        # tanh and sigmoid: the steps are one compiled loop (_fused.rnn_sequence)
+        self.compiled = self.act is np.tanh or self.act is _sigmoid
+        if self.compiled:
+            fused(), gemm()                 # numba's import at load, not at the first prediction
 
     def compute(self, x, h0=None):
         seq = self._sequence(x)
@@ -172,6 +178,10 @@ class SimpleRecurrent(_Recurrent):
         xproj = xproj.reshape(steps, batch, self.hidden)
         h = self._state(h0, batch, "initial hidden")
         out = np.empty((steps, batch, self.hidden), np.float32)
+        if self.compiled:
+            fused().rnn_sequence(gemm().ADDRESS, xproj, self.rh, h, out, np.float32(GATE_CLIP),
+                                 self.act is np.tanh)
+            return self._outputs(x, out, [out[-1].copy() if steps else h], self.hidden)
         for t in range(steps):
             h = self.act(_clip(xproj[t] + h @ self.rh))
             out[t] = h
@@ -201,6 +211,10 @@ class GRU(_Recurrent):
         self.r_o = np.ascontiguousarray(rh[2].T)                                 # [H, H]
         self.f, self.g = _activations(self, p.activations, 2, "activations")
         self.sequence_output, self.reverse = bool(p.sequenceOutput), bool(p.reverseInput)
+        # sigmoid and tanh, the usual pair: the steps are one compiled loop (_fused.gru_sequence)
+        self.compiled = self.f is _sigmoid and self.g is np.tanh
+        if self.compiled:
+            fused(), gemm()                 # numba's import at load, not at the first prediction
 
     def compute(self, x, h0=None):
         seq = self._sequence(x)
@@ -211,6 +225,10 @@ class GRU(_Recurrent):
         xproj = (seq.reshape(-1, self.cin) @ self.wx + self.bias).reshape(steps, batch, 3 * H)
         h = self._state(h0, batch, "initial hidden")
         out = np.empty((steps, batch, H), np.float32)
+        if self.compiled:
+            fused().gru_sequence(gemm().ADDRESS, xproj, self.r_zr, self.r_o, h, np.empty_like(h), out,
+                                 np.float32(GATE_CLIP))
+            return self._outputs(x, out, [out[-1].copy() if steps else h], H)
         for t in range(steps):
             zr = self.f(_clip(xproj[t, :, :2 * H] + h @ self.r_zr))
             z, r = zr[:, :H], zr[:, H:]
