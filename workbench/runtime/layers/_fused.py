@@ -290,16 +290,22 @@ def standardize_rows(x, out, eps, divide_by_std):
             dst[k] = (row[k] - m32) * inv
 
 
-# ---------------------------------------------------------------- LSTM
+# ---------------------------------------------------------------- recurrent layers
+
+@_inline
+def _gate(x, gate_clip):
+    """A gate's pre-activation clipped to +-gate_clip (NaN stays NaN)."""
+    return min(max(x, -gate_clip), gate_clip)
+
 
 @_jit
 def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
     """An LSTM over a whole sequence, gates in the order i, f, o, z. ``pre`` [Seq, Batch, 4H]
     holds each step's input projection and bias; step t adds h_(t-1) R^T to its slice in place
-    (``rt`` [H, 4H], row-major, by ``_gemm``'s product at the address ``product``), then updates the cell ``c``
-    [Batch, H] in place and writes h_t to ``out[t]`` [Batch, H]; ``h0`` is the state before the
-    first step. Pre-activations are clipped to +-gate_clip and the cell to +-cell_clip, as the
-    proto says."""
+    (``rt`` [H, 4H], row-major, by ``_gemm``'s product at the address ``product``), then
+    updates the cell ``c`` [Batch, H] in place and writes h_t to ``out[t]`` [Batch, H]; ``h0`` is
+    the state before the first step. Pre-activations are clipped to +-gate_clip and the cell to
+    +-cell_clip, as the proto says."""
     steps, batch, hidden = out.shape
     width = 4 * hidden
     h = h0
@@ -308,24 +314,20 @@ def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
         call_product(product, h, hidden, 1, rt, width, step, width, batch, width, hidden)
         for b in range(batch):
             row, cb, hb = step[b], c[b], h_out[b]
-            pi, pf, po, pz = row[:hidden], row[hidden:2 * hidden], row[2 * hidden:3 * hidden], row[3 * hidden:]
+            pi, pf = row[:hidden], row[hidden:2 * hidden]
+            po, pz = row[2 * hidden:3 * hidden], row[3 * hidden:]
             for k in range(hidden):
-                i = sigmoid(min(max(pi[k], -gate_clip), gate_clip))
-                o = sigmoid(min(max(po[k], -gate_clip), gate_clip))
-                z = tanh(min(max(pz[k], -gate_clip), gate_clip))
+                i = sigmoid(_gate(pi[k], gate_clip))
+                o = sigmoid(_gate(po[k], gate_clip))
+                z = tanh(_gate(pz[k], gate_clip))
                 if coupled:
                     cell = cb[k] * (_ONE - i) + i * z
                 else:
-                    cell = cb[k] * sigmoid(min(max(pf[k], -gate_clip), gate_clip)) + i * z
+                    cell = cb[k] * sigmoid(_gate(pf[k], gate_clip)) + i * z
                 cell = min(max(cell, -cell_clip), cell_clip)
                 cb[k] = cell
                 hb[k] = o * tanh(cell)
         h = h_out
-
-
-@_inline
-def _gate(x, gate_clip):
-    return min(max(x, -gate_clip), gate_clip)
 
 
 @_jit

@@ -164,14 +164,17 @@ def _accumulate_product(typingctx, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
 
         def columns(vectors):
             def at(j0):
-                last = _emit_loop(builder, _const(0), m, ROWS, lambda i0: ops.tile(i0, j0, ROWS, vectors), "rows")
-                ops.rest(last, m, j0, vectors)
+                full = _emit_loop(builder, _const(0), m, ROWS, lambda i0: ops.tile(i0, j0, ROWS, vectors),
+                                  "rows")
+                ops.rest(full, m, j0, vectors)
             return at
+
+        def one_column(j):
+            _emit_loop(builder, _const(0), m, 1, lambda i: ops.scalar(i, j), "dot")
 
         j = _emit_loop(builder, _const(0), n, 2 * LANES, columns(2), "cols")
         j = _emit_loop(builder, j, n, LANES, columns(1), "col")
-        _emit_loop(builder, j, n, 1,
-                   lambda jj: _emit_loop(builder, _const(0), m, 1, lambda i: ops.scalar(i, jj), "dot"), "tail")
+        _emit_loop(builder, j, n, 1, one_column, "tail")
         return context.get_dummy_value()
 
     return sig, codegen
