@@ -128,3 +128,43 @@ def test_numba_is_imported_only_by_models_that_use_compiled_kernels():
     out = subprocess.run([sys.executable, "-c", NUMBA_SCRIPT], capture_output=True, text=True, timeout=300)
     assert out.returncode == 0, out.stderr
     assert "after relu: False" in out.stdout and "after gelu: True" in out.stdout
+
+
+def test_a_recurrent_sequence_lets_other_threads_run():
+    """The recurrent loops run for milliseconds without the GIL: a Python thread keeps running
+    meanwhile. Holding the GIL, the call would let it run only once the call has returned (before
+    the caller takes the GIL back, at most a switch interval later): never in its first half."""
+    import sys
+    import threading
+    import time
+
+    from workbench.runtime.layers import _gemm
+    steps, batch, hidden = 800, 8, 256
+    rng = np.random.default_rng(0)
+    rt = (rng.standard_normal((hidden, 4 * hidden)) * 0.05).astype(np.float32)
+    pre = rng.standard_normal((steps, batch, 4 * hidden)).astype(np.float32)
+    out = np.empty((steps, batch, hidden), np.float32)
+    state = np.zeros((batch, hidden), np.float32)
+    clip = np.float32(50)
+    _fused.lstm_sequence(_gemm.ADDRESS, pre.copy(), rt, state, state.copy(), out, clip, clip, False)
+    stamps, stop = [], threading.Event()
+
+    def stamping():
+        while not stop.is_set():
+            stamps.append(time.perf_counter())
+            for _ in range(200):
+                pass
+
+    thread = threading.Thread(target=stamping)
+    thread.start()
+    try:
+        while len(stamps) < 10:                     # it is running
+            time.sleep(0.001)
+        start = time.perf_counter()
+        _fused.lstm_sequence(_gemm.ADDRESS, pre, rt, state, state.copy(), out, clip, clip, False)
+        end = time.perf_counter()
+    finally:
+        stop.set()
+        thread.join()
+    assert end - start > 4 * sys.getswitchinterval()
+    assert any(start < t < (start + end) / 2 for t in stamps)

@@ -35,6 +35,8 @@ _FLAGS = {"contract", "arcp", "nsz"}
 # reductions may reassociate (that is what lets them vectorize); their operands are float64
 _SUM_FLAGS = _FLAGS | {"reassoc"}
 _jit = njit(fastmath=_FLAGS, error_model="numpy", cache=True)
+# a whole recurrent sequence runs for milliseconds: other Python threads run meanwhile
+_jit_nogil = njit(fastmath=_FLAGS, error_model="numpy", cache=True, nogil=True)
 _inline = njit(fastmath=_FLAGS, error_model="numpy", inline="always")
 
 _f32 = np.float32
@@ -298,7 +300,7 @@ def _gate(x, gate_clip):
     return min(max(x, -gate_clip), gate_clip)
 
 
-@_jit
+@_jit_nogil
 def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
     """An LSTM over a whole sequence, gates in the order i, f, o, z. ``pre`` [Seq, Batch, 4H]
     holds each step's input projection and bias; step t adds h_(t-1) R^T to its slice in place
@@ -330,7 +332,7 @@ def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
         h = h_out
 
 
-@_jit
+@_jit_nogil
 def gru_sequence(product, pre, r_zr, r_o, h0, reset_h, out, gate_clip):
     """Core ML's GRU over a whole sequence, with sigmoid and tanh. ``pre`` [Seq, Batch, 3H]
     holds each step's input projection and bias, columns z, r, o; step t adds h R_zr^T
@@ -359,7 +361,7 @@ def gru_sequence(product, pre, r_zr, r_o, h0, reset_h, out, gate_clip):
         h = h_out
 
 
-@_jit
+@_jit_nogil
 def rnn_sequence(product, pre, rt, h0, out, gate_clip, use_tanh):
     """A simple recurrent layer over a whole sequence: h_t = f(clip(pre[t] + h_(t-1) R^T)) with
     f tanh (``use_tanh``) or sigmoid, written to ``out[t]``; ``pre`` [Seq, Batch, H] holds each
