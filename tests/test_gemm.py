@@ -66,3 +66,28 @@ def test_rejects_operands_that_do_not_chain():
         matmul_accumulate(a, b[:2].copy(), c)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         matmul_accumulate(a, np.asfortranarray(b), c)
+
+
+@pytest.fixture
+def narrow_product(monkeypatch):
+    """The product as a CPU without AVX-512 compiles it (8 lanes, tiles of 4 rows), compiled
+    here from the same code: this machine's own kernel is the 16-lane one."""
+    import llvmlite.ir as ir
+    from numba import cfunc
+
+    from workbench.runtime.layers import _gemm
+    monkeypatch.setattr(_gemm, "LANES", 8)
+    monkeypatch.setattr(_gemm, "ROWS", 4)
+    monkeypatch.setattr(_gemm, "_VEC", ir.VectorType(ir.FloatType(), 8))
+    monkeypatch.setattr(_gemm, "_SPLAT", ir.Constant(ir.VectorType(ir.IntType(32), 8), [0] * 8))
+    compiled = cfunc(_gemm.SIGNATURE)(_gemm.product._pyfunc)
+    assert "<8 x float>" in compiled.inspect_llvm() and "<16 x float>" not in compiled.inspect_llvm()
+    return compiled
+
+
+@pytest.mark.parametrize("m,k,n", [(1, 3, 1), (4, 16, 16), (5, 9, 8 + 3), (11, 33, 2 * 8 * 3 + 8 + 5), (8, 256, 1024)])
+def test_the_narrow_product_accumulates_too(narrow_product, m, k, n):
+    a, b, c = _operands(m, k, n, seed=4)
+    want = c.astype(np.float64) + a.astype(np.float64) @ b
+    narrow_product.ctypes(_pointer(a), k, 1, _pointer(b), n, _pointer(c), n, m, n, k)
+    np.testing.assert_allclose(c, want, rtol=1e-5, atol=1e-4)
