@@ -22,10 +22,11 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import numpy as np
 from numba import cfunc, types
-from numba.core import cgutils
+from numba.core import cgutils, config
 from numba.extending import intrinsic
 
-_AVX512 = bool(llvm.get_host_cpu_features().get("avx512f", False))
+# numba compiles for this CPU unless NUMBA_CPU_NAME names another (portable caches): then 8 lanes
+_AVX512 = config.CPU_NAME in (None, "host") and bool(llvm.get_host_cpu_features().get("avx512f", False))
 LANES = 16 if _AVX512 else 8
 # a tile of ROWS x 2 vectors of accumulators, plus two of b and a broadcast, fits the register
 # file: 32 vector registers with AVX-512 (8 x 2 + 3), 16 otherwise (4 x 2 + 3)
