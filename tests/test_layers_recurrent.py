@@ -247,14 +247,12 @@ def torch_to_coreml_lstm(lstm, suffix=""):
     return W, R, B
 
 
-@pytest.mark.parametrize("sequence_output", [True, False])
-@pytest.mark.parametrize("exact", [False, True])
-def test_unilstm_matches_torch(sequence_output, exact):
-    lstm = torch.nn.LSTM(CIN, H)
+def _unilstm_against_torch(sequence_output, exact, batch=BATCH, hidden=H):
+    lstm = torch.nn.LSTM(CIN, hidden)
     W, R, B = torch_to_coreml_lstm(lstm)
-    m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, H, CIN, i, o, output_all=sequence_output), 2,
-              exact=exact)
-    x, (h0, c0) = rand(SEQ, BATCH, CIN, 1, 1, scale=1), states(2)
+    m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, hidden, CIN, i, o, output_all=sequence_output),
+              2, exact=exact)
+    x, (h0, c0) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(2)
     got = m.predict(feed(x, [h0, c0]))
     with torch.no_grad():
         y, (h, c) = lstm(torch.from_numpy(x[..., 0, 0]), (torch.from_numpy(h0[..., 0, 0]),
@@ -264,22 +262,17 @@ def test_unilstm_matches_torch(sequence_output, exact):
     close(got["c"], c.numpy()[..., None, None])
 
 
+@pytest.mark.parametrize("sequence_output", [True, False])
+@pytest.mark.parametrize("exact", [False, True])
+def test_unilstm_matches_torch(sequence_output, exact):
+    _unilstm_against_torch(sequence_output, exact)
+
+
 @pytest.mark.parametrize("batch,hidden", [(1, 256)] + PRODUCT_SIZES[1:])
 def test_unilstm_matches_torch_at_batches_and_widths_of_every_product_path(monkeypatch, batch, hidden):
-    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)
+    monkeypatch.setattr(sys.modules[__name__], "BATCH", batch)      # the sizes model() and states() use
     monkeypatch.setattr(sys.modules[__name__], "H", hidden)
-    lstm = torch.nn.LSTM(CIN, hidden)
-    W, R, B = torch_to_coreml_lstm(lstm)
-    m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, hidden, CIN, i, o, output_all=True), 2,
-              exact=True)
-    x, (h0, c0) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(2)
-    got = m.predict(feed(x, [h0, c0]))
-    with torch.no_grad():
-        y, (h, c) = lstm(torch.from_numpy(x[..., 0, 0]), (torch.from_numpy(h0[..., 0, 0]),
-                                                           torch.from_numpy(c0[..., 0, 0])))
-    close(got["y"], y.numpy()[..., None, None])
-    close(got["h"], h.numpy()[..., None, None])
-    close(got["c"], c.numpy()[..., None, None])
+    _unilstm_against_torch(True, True, batch, hidden)
 
 
 def test_unilstm_reverse_input_matches_torch_on_the_flipped_sequence():
