@@ -293,6 +293,7 @@ def standardize_rows(x, out, eps, divide_by_std):
 
 
 # ---------------------------------------------------------------- recurrent layers
+# Every array is C-ordered: the product reads states [Batch, H] and weights by rows.
 
 @_inline
 def _gate(x, gate_clip):

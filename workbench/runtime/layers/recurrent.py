@@ -125,7 +125,8 @@ class _Recurrent(Kernel):
         return x.reshape(x.shape[0], x.shape[1], self.cin)
 
     def _state(self, value, batch, what):
-        """An optional initial state input ([1, Batch, H, 1, 1]); absent means zeros."""
+        """An optional initial state input ([1, Batch, H, 1, 1]); absent means zeros. C-ordered:
+        the compiled loops read it row by row (a broadcast copy would otherwise be F-ordered)."""
         if value is None:
             return np.zeros((batch, self.hidden), np.float32)
         if value.size % self.hidden:
@@ -136,7 +137,7 @@ class _Recurrent(Kernel):
         if state.shape[0] not in (1, batch):
             raise LayerError(self.ctx.model_name, self.name,
                              f"{self.kind} {what} state has batch {state.shape[0]}, the input has {batch}")
-        return np.array(np.broadcast_to(state, (batch, self.hidden)), dtype=np.float32)
+        return np.array(np.broadcast_to(state, (batch, self.hidden)), dtype=np.float32, order="C")
 
     def _outputs(self, x, y_seq, states, width):
         """Shape the sequence (or last step) and the final states like the input blob."""
@@ -226,8 +227,8 @@ class GRU(_Recurrent):
         h = self._state(h0, batch, "initial hidden")
         out = np.empty((steps, batch, H), np.float32)
         if self.compiled:
-            fused().gru_sequence(gemm().ADDRESS, xproj, self.r_zr, self.r_o, h, np.empty_like(h), out,
-                                 np.float32(GATE_CLIP))
+            fused().gru_sequence(gemm().ADDRESS, xproj, self.r_zr, self.r_o, h, np.empty((batch, H), np.float32),
+                                 out, np.float32(GATE_CLIP))
             return self._outputs(x, out, [out[-1].copy() if steps else h], H)
         for t in range(steps):
             zr = self.f(_clip(xproj[t, :, :2 * H] + h @ self.r_zr))
@@ -321,7 +322,7 @@ class _LSTMDirection:
         pre += self.bias
         out = np.empty((steps, batch, self.hidden), np.float32)
         c = np.array(c, dtype=np.float32, order="C")                      # updated in place: ours
-        fused().lstm_sequence(gemm().ADDRESS, pre.reshape(steps, batch, -1), self.rt,
+        fused().lstm_sequence(gemm().ADDRESS, pre.reshape(steps, batch, 4 * self.hidden), self.rt,
                               np.ascontiguousarray(h, dtype=np.float32), c, out,
                               np.float32(GATE_CLIP), self.cell_clip, self.coupled)
         return out, (out[-1].copy() if steps else np.array(h, np.float32)), c
