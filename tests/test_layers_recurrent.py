@@ -192,6 +192,7 @@ def test_compiled_simple_rnn_at_batches_and_widths_of_every_product_path(monkeyp
     w, r, b = rand(hidden, CIN), rand(hidden, hidden, scale=0.2), rand(hidden)
     m = model(lambda bld, i, o: bld.add_simple_rnn("rnn", r, w, b, hidden, CIN, act, i, o, output_all=True), 1,
               exact=True)
+    assert m.network.steps[0].kernel.compiled
     x, (h0,) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(1)
     got = m.predict(feed(x, [h0]))
     y, h = numpy_rnn(x[..., 0, 0], h0[0, ..., 0, 0], w, r, b, ACTS[act], False)
@@ -208,11 +209,66 @@ def test_compiled_gru_at_batches_and_widths_of_every_product_path(monkeypatch, b
     B = [rand(hidden) for _ in range(3)]
     m = model(lambda bld, i, o: bld.add_gru("gru", R, W, B, hidden, CIN, i, o, activation="TANH",
                                             inner_activation="SIGMOID", output_all=True), 1, exact=True)
+    assert m.network.steps[0].kernel.compiled
     x, (h0,) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(1)
     got = m.predict(feed(x, [h0]))
     y, h = numpy_gru(x[..., 0, 0], h0[0, ..., 0, 0], W, R, B, ACTS["SIGMOID"], np.tanh, False)
     close(got["y"], y[..., None, None])
     close(got["h"], h[None, ..., None, None])
+
+
+def _compiled_layer(kind, exact):
+    """A model of one recurrent layer that takes the compiled loop, its weights and the numpy
+    reference: reference(x [Seq, Batch, CIN], states [Batch, H] each) -> (y, final states)."""
+    W, R, B = [rand(H, CIN) for _ in range(4)], [rand(H, H) for _ in range(4)], [rand(H) for _ in range(4)]
+    if kind == "rnn":
+        m = model(lambda bld, i, o: bld.add_simple_rnn("rnn", R[0], W[0], B[0], H, CIN, "TANH", i, o,
+                                                       output_all=True), 1, exact=exact)
+        def reference(x, h):
+            y, h = numpy_rnn(x, h, W[0], R[0], B[0], np.tanh, False)
+            return y, [h]
+    elif kind == "gru":
+        m = model(lambda bld, i, o: bld.add_gru("gru", R[:3], W[:3], B[:3], H, CIN, i, o, activation="TANH",
+                                                inner_activation="SIGMOID", output_all=True), 1, exact=exact)
+        def reference(x, h):
+            y, h = numpy_gru(x, h, W[:3], R[:3], B[:3], sigmoid, np.tanh, False)
+            return y, [h]
+    else:
+        m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, H, CIN, i, o, output_all=True), 2,
+                  exact=exact)
+        def reference(x, h, c):
+            y, h, c = numpy_lstm(x, h, c, W, R, [b.astype(np.float64) for b in B], None,
+                                 [sigmoid, np.tanh, np.tanh])
+            return y, [h, c]
+    layer = m.network.steps[0].kernel
+    assert (layer.cell if kind == "lstm" else layer).compiled
+    return m, reference
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+def test_compiled_loops_take_a_state_given_for_one_batch_row(kind):
+    """A state of batch 1 serves every row of the batch (here declared (H,), as converters do)."""
+    m, reference = _compiled_layer(kind, exact=False)
+    count = 2 if kind == "lstm" else 1
+    x, given = rand(SEQ, BATCH, CIN, 1, 1, scale=1), [rand(H) for _ in range(count)]
+    got = m.predict(feed(x, given))
+    y, final = reference(x[..., 0, 0], *[np.broadcast_to(g, (BATCH, H)) for g in given])
+    close(got["y"], y[:, :, :, None, None])
+    for name, want in zip(["h", "c"], final):
+        close(got[name], want[None, :, :, None, None])
+
+
+@pytest.mark.parametrize("kind", ["rnn", "gru", "lstm"])
+@pytest.mark.parametrize("steps,batch", [(0, BATCH), (SEQ, 0)])
+def test_compiled_loops_over_no_steps_or_no_rows(kind, steps, batch):
+    """No steps: the final states are the initial ones; no rows: every output is empty."""
+    m, _ = _compiled_layer(kind, exact=True)
+    kernel = m.network.steps[0].kernel
+    given = [rand(1, batch, H, 1, 1) for _ in range(2 if kind == "lstm" else 1)]
+    outputs = kernel.compute(np.zeros((steps, batch, CIN, 1, 1), np.float32), *given)
+    assert outputs[0].shape == (steps, batch, H, 1, 1)
+    for final, initial in zip(outputs[1:], given):
+        np.testing.assert_array_equal(final, initial if steps == 0 else np.zeros((1, 0, H, 1, 1)))
 
 
 # ---------------------------------------------------------------- LSTM
@@ -252,6 +308,7 @@ def _unilstm_against_torch(sequence_output, exact, batch=BATCH, hidden=H):
     W, R, B = torch_to_coreml_lstm(lstm)
     m = model(lambda bld, i, o: bld.add_unilstm("lstm", R, W, B, hidden, CIN, i, o, output_all=sequence_output),
               2, exact=exact)
+    assert m.network.steps[0].kernel.cell.compiled
     x, (h0, c0) = rand(SEQ, batch, CIN, 1, 1, scale=1), states(2)
     got = m.predict(feed(x, [h0, c0]))
     with torch.no_grad():
