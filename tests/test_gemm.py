@@ -4,10 +4,12 @@ import pytest
 
 from workbench.runtime.layers._gemm import LANES, ROWS, _pointer, matmul_accumulate, product
 
-# every path: full tiles of ROWS rows, leftover single rows, two-vector and one-vector column
-# blocks, scalar columns past the last vector, k = 1 and a k that is not a multiple of anything
+# every path: full tiles of ROWS rows, a last tile of each height below ROWS, two-vector and
+# one-vector column blocks, scalar columns past the last vector, k = 1 and a k that is not a
+# multiple of anything
 SHAPES = [(1, 1, 1), (1, 7, 5), (3, 1, LANES), (ROWS, 256, 4 * 256), (ROWS + 1, 33, 2 * LANES + LANES + 3),
-          (2 * ROWS + 3, 19, LANES - 1), (5, 64, 2 * LANES), (ROWS - 1, 8, 3 * LANES + 1), (128, 40, 96)]
+          (2 * ROWS + 3, 19, LANES - 1), (5, 64, 2 * LANES), (ROWS - 1, 8, 3 * LANES + 1), (128, 40, 96)] + \
+         [(ROWS + rest, 17, 2 * LANES + 1) for rest in range(2, ROWS, 2)]
 
 
 def _operands(m, k, n, seed=0):
@@ -66,6 +68,13 @@ def test_rejects_operands_that_do_not_chain():
         matmul_accumulate(a, b[:2].copy(), c)
     with pytest.raises(ValueError, match="C-contiguous float32"):
         matmul_accumulate(a, np.asfortranarray(b), c)
+
+
+def test_rejects_an_output_that_overlaps_an_operand():
+    """c is written while a and b are read: an overlap would read half-written values."""
+    square = np.ones((4, 4), np.float32)
+    with pytest.raises(ValueError, match="overlaps"):
+        matmul_accumulate(square, np.eye(4, dtype=np.float32), square)
 
 
 @pytest.fixture

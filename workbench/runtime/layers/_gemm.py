@@ -8,12 +8,14 @@ call through its address, so a whole sequence of steps is one compiled loop: 37 
 one thread.
 
 The product keeps a tile of c in vector registers while it walks k: ``ROWS`` rows of a (each
-element broadcast) by two vectors of b's columns, one fused multiply-add per pair. ``b`` is read
+element broadcast) by two vectors of b's columns, one fused multiply-add per pair (where the CPU
+has FMA; a multiply and an add where it has not). ``b`` is read
 row-major (the caller lays its weights out so at load); ``a`` may be strided either way, since
 its elements are broadcast one at a time. Rows past the last full tile take one tile of their
 height; columns past the last pair of vectors, one vector, then a scalar loop.
 
-The vector width follows the CPU: 16 float32 lanes with AVX-512, 8 otherwise. numba caches the
+The vector width follows the CPU numba compiles for: 16 float32 lanes with AVX-512, 8 otherwise
+(also whenever NUMBA_CPU_NAME or NUMBA_CPU_FEATURES choose the target). numba caches the
 compiled code per CPU, so a cache made on another machine is not reused.
 """
 import ctypes
@@ -22,11 +24,25 @@ import llvmlite.binding as llvm
 import llvmlite.ir as ir
 import numpy as np
 from numba import cfunc, types
-from numba.core import cgutils, config
+from numba.core import config
 from numba.extending import intrinsic
 
-# numba compiles for this CPU unless NUMBA_CPU_NAME names another (portable caches): then 8 lanes
-_AVX512 = config.CPU_NAME in (None, "host") and bool(llvm.get_host_cpu_features().get("avx512f", False))
+
+
+def _compiles_for_avx512():
+    """Whether numba compiles for a CPU with AVX-512: this one's features, unless NUMBA_CPU_NAME
+    or NUMBA_CPU_FEATURES name others (portable caches), or LLVM cannot tell."""
+    if config.CPU_FEATURES is not None:
+        return "+avx512f" in config.CPU_FEATURES.split(",")
+    if config.CPU_NAME not in (None, "host"):
+        return False
+    try:
+        return bool(llvm.get_host_cpu_features().get("avx512f", False))
+    except RuntimeError:                   # LLVM cannot read this CPU's features
+        return False
+
+
+_AVX512 = _compiles_for_avx512()
 LANES = 16 if _AVX512 else 8
 # a tile of ROWS x 2 vectors of accumulators, plus two of b and a broadcast, fits the register
 # file: 32 vector registers with AVX-512 (8 x 2 + 3), 16 otherwise (4 x 2 + 3)
@@ -36,6 +52,9 @@ _F32 = ir.FloatType()
 _I64 = ir.IntType(64)
 _VEC = ir.VectorType(_F32, LANES)
 _SPLAT = ir.Constant(ir.VectorType(ir.IntType(32), LANES), [0] * LANES)
+# a multiply and an add LLVM may fuse: one FMA instruction where the CPU has them, a multiply and
+# an add where it has not (an llvm.fma call would become a libm call per lane there)
+_CONTRACT = ("contract",)
 
 
 def _const(value):
@@ -65,8 +84,8 @@ def _emit_loop(builder, start, stop, step, body, name):
 class _Operands:
     """The product's pointers and sizes, as IR values, and the code that walks them."""
 
-    def __init__(self, builder, fma, a, a_row, a_col, b, ldb, c, ldc, k):
-        self.builder, self.fma = builder, fma
+    def __init__(self, builder, a, a_row, a_col, b, ldb, c, ldc, k):
+        self.builder = builder
         self.a, self.a_row, self.a_col, self.b, self.ldb, self.c, self.ldc, self.k = \
             a, a_row, a_col, b, ldb, c, ldc, k
 
@@ -107,7 +126,8 @@ class _Operands:
                                                           ir.Constant(ir.IntType(32), 0)),
                                        ir.Constant(_VEC, ir.Undefined), _SPLAT)
             for v in range(vectors):
-                acc[r][v].add_incoming(bld.call(self.fma, [splat, b_vec[v], acc[r][v]]), loop)
+                product = bld.fmul(splat, b_vec[v], flags=_CONTRACT)
+                acc[r][v].add_incoming(bld.fadd(acc[r][v], product, flags=_CONTRACT), loop)
         kk.add_incoming(bld.add(kk, _const(1)), loop)
         bld.branch(head)
         bld.position_at_end(after)
@@ -145,7 +165,8 @@ class _Operands:
         bld.cbranch(bld.icmp_signed("<", kk, self.k), loop, after)
         bld.position_at_end(loop)
         b_value = bld.load(bld.gep(self.b, [bld.add(bld.mul(kk, self.ldb), j)]))
-        total.add_incoming(bld.fadd(total, bld.fmul(self._a(i, kk), b_value)), loop)
+        total.add_incoming(bld.fadd(total, bld.fmul(self._a(i, kk), b_value, flags=_CONTRACT), flags=_CONTRACT),
+                           loop)
         kk.add_incoming(bld.add(kk, _const(1)), loop)
         bld.branch(head)
         bld.position_at_end(after)
@@ -159,9 +180,7 @@ def _accumulate_product(typingctx, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
 
     def codegen(context, builder, signature, args):
         a, a_row, a_col, b, ldb, c, ldc, m, n, k = args
-        fma = cgutils.get_or_insert_function(builder.module, ir.FunctionType(_VEC, [_VEC] * 3),
-                                             f"llvm.fma.v{LANES}f32")
-        ops = _Operands(builder, fma, a, a_row, a_col, b, ldb, c, ldc, k)
+        ops = _Operands(builder, a, a_row, a_col, b, ldb, c, ldc, k)
 
         def columns(vectors):
             def at(j0):
@@ -207,6 +226,8 @@ def matmul_accumulate(a, b, c):
     (m, k), n = a.shape, b.shape[1]
     if b.shape[0] != k or c.shape != (m, n):
         raise ValueError(f"matmul_accumulate: shapes {a.shape} @ {b.shape} -> {c.shape} do not chain")
+    if np.shares_memory(c, a) or np.shares_memory(c, b):
+        raise ValueError("matmul_accumulate: c overlaps an operand (it is written while they are read)")
     if m and n:
         product.ctypes(_pointer(a), k, 1, _pointer(b), n, _pointer(c), n, m, n, k)
 
