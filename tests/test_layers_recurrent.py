@@ -180,7 +180,8 @@ def test_gru_without_initial_state_starts_from_zeros():
 
 
 # the compiled step product works in tiles of rows (the batch) and of vectors (the gates' columns),
-# with single rows, one vector and scalar columns left over: these sizes take each path
+# with a shorter last tile of rows, one vector and scalar columns left over: these sizes take each
+# path (batch 1: only a short tile)
 PRODUCT_SIZES = [(1, 64), (11, 20), (8, 33)]
 
 
