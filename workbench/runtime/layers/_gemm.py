@@ -9,13 +9,13 @@ one thread.
 
 The product keeps a tile of c in vector registers while it walks k: ``ROWS`` rows of a (each
 element broadcast) by two vectors of b's columns, one fused multiply-add per pair (where the CPU
-has FMA; a multiply and an add where it has not). ``b`` is read
-row-major (the caller lays its weights out so at load); ``a`` may be strided either way, since
-its elements are broadcast one at a time. Rows past the last full tile take one tile of their
-height; columns past the last pair of vectors, one vector, then a scalar loop.
+has FMA; a multiply and an add where it has not). ``b`` is read row-major (the caller lays its
+weights out so at load); ``a`` may be strided either way, since its elements are broadcast one
+at a time. Rows past the last full tile take one tile of their height; columns past the last
+pair of vectors, one vector, then a scalar loop.
 
 The vector width follows the CPU numba compiles for: 16 float32 lanes with AVX-512, 8 otherwise
-(also whenever NUMBA_CPU_NAME or NUMBA_CPU_FEATURES choose the target). numba caches the
+(NUMBA_CPU_NAME naming another CPU gives 8; NUMBA_CPU_FEATURES decide when set). numba caches the
 compiled code per CPU, so a cache made on another machine is not reused.
 """
 import ctypes
@@ -26,7 +26,6 @@ import numpy as np
 from numba import cfunc, types
 from numba.core import config
 from numba.extending import intrinsic
-
 
 
 def _compiles_for_avx512():
