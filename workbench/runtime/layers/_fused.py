@@ -58,6 +58,8 @@ def call_product(typingctx, address, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
     run time so that the calling code can be cached): a, b and c are float32 arrays, the strides
     and sizes in elements from their first elements, as ``_gemm.product`` reads them. Unchecked:
     the caller keeps every offset inside its array."""
+    if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (a, b, c)):
+        return None                     # the product reads float32: numba names the types it got
     floats, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
     target = ir.FunctionType(ir.VoidType(), [floats, i64, i64, floats, i64, floats, i64, i64, i64, i64])
 

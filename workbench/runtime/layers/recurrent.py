@@ -122,7 +122,7 @@ class _Recurrent(Kernel):
             raise LayerError(self.ctx.model_name, self.name,
                              f"{self.kind} expects an input of shape [Seq, Batch, {self.cin}, 1, 1], "
                              f"got {tuple(x.shape)}")
-        return x.reshape(x.shape[0], x.shape[1], self.cin)
+        return np.asarray(x, dtype=np.float32).reshape(x.shape[0], x.shape[1], self.cin)
 
     def _state(self, value, batch, what):
         """An optional initial state input ([1, Batch, H, 1, 1]); absent means zeros. C-ordered:
@@ -227,8 +227,9 @@ class GRU(_Recurrent):
         h = self._state(h0, batch, "initial hidden")
         out = np.empty((steps, batch, H), np.float32)
         if self.compiled:
-            fused().gru_sequence(gemm().ADDRESS, xproj, self.r_zr, self.r_o, h, np.empty((batch, H), np.float32),
-                                 out, np.float32(GATE_CLIP))
+            reset_h = np.empty((batch, H), np.float32)
+            fused().gru_sequence(gemm().ADDRESS, xproj, self.r_zr, self.r_o, h, reset_h, out,
+                                 np.float32(GATE_CLIP))
             return self._outputs(x, out, [out[-1].copy() if steps else h], H)
         for t in range(steps):
             zr = self.f(_clip(xproj[t, :, :2 * H] + h @ self.r_zr))
@@ -279,7 +280,7 @@ class _LSTMDirection:
         self.compiled = standard and self.peep is None
         if self.compiled:
             self.rt = np.empty((H, 4 * H), np.float32)  # R^T row-major, for the compiled product;
-            for g, r in enumerate(rh):                  # gate by gate: 3x faster than one .T copy
+            for g, r in enumerate(rh):                  # gate by gate: 2-3x faster than one .T copy
                 self.rt[:, g * H:(g + 1) * H] = r.T
             fused(), gemm()                 # numba's import at load, not at the first prediction
         else:
