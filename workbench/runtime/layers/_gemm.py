@@ -96,43 +96,56 @@ class _Operands:
         bld = self.builder
         return bld.bitcast(bld.gep(base, [index]), _VEC.as_pointer())
 
-    def tile(self, i0, j0, rows, vectors):
-        """c[i0:i0+rows, j0:j0+vectors*LANES] += a[i0:i0+rows, :] @ b[:, same columns], its
-        accumulators in registers (phi values of the k loop)."""
+    def _walk_k(self, start, step, name):
+        """for kk < k: values = step(kk, values), the values carried in registers (phi values of
+        the loop); returns them after the last step."""
         bld = self.builder
-        c_at = [[self._vector_at(self.c, bld.add(bld.mul(bld.add(i0, _const(r)), self.ldc),
-                                                 bld.add(j0, _const(v * LANES))))
-                 for v in range(vectors)] for r in range(rows)]
-        start = [[bld.load(p, align=4) for p in row] for row in c_at]
         entry = bld.block
-        head, loop, after = (bld.append_basic_block(f"tile.{part}") for part in ("head", "body", "after"))
+        head, loop, after = (bld.append_basic_block(f"{name}.{part}") for part in ("head", "body", "after"))
         bld.branch(head)
         bld.position_at_end(head)
         kk = bld.phi(_I64, name="k")
         kk.add_incoming(_const(0), entry)
-        acc = [[bld.phi(_VEC) for _ in range(vectors)] for _ in range(rows)]
-        for r in range(rows):
-            for v in range(vectors):
-                acc[r][v].add_incoming(start[r][v], entry)
+        carried = [bld.phi(value.type) for value in start]
+        for phi, value in zip(carried, start):
+            phi.add_incoming(value, entry)
         bld.cbranch(bld.icmp_signed("<", kk, self.k), loop, after)
         bld.position_at_end(loop)
-        b_row = bld.add(bld.mul(kk, self.ldb), j0)
-        b_vec = [bld.load(self._vector_at(self.b, bld.add(b_row, _const(v * LANES))), align=4)
-                 for v in range(vectors)]
-        for r in range(rows):
-            scalar = self._a(bld.add(i0, _const(r)), kk)
-            splat = bld.shuffle_vector(bld.insert_element(ir.Constant(_VEC, ir.Undefined), scalar,
-                                                          ir.Constant(ir.IntType(32), 0)),
-                                       ir.Constant(_VEC, ir.Undefined), _SPLAT)
-            for v in range(vectors):
-                product = bld.fmul(splat, b_vec[v], flags=_CONTRACT)
-                acc[r][v].add_incoming(bld.fadd(acc[r][v], product, flags=_CONTRACT), loop)
-        kk.add_incoming(bld.add(kk, _const(1)), loop)
+        for phi, value in zip(carried, step(kk, carried)):
+            phi.add_incoming(value, bld.block)
+        kk.add_incoming(bld.add(kk, _const(1)), bld.block)
         bld.branch(head)
         bld.position_at_end(after)
-        for r in range(rows):
-            for v in range(vectors):
-                bld.store(acc[r][v], c_at[r][v], align=4)
+        return carried
+
+    def _multiply_add(self, total, x, y):
+        bld = self.builder
+        return bld.fadd(total, bld.fmul(x, y, flags=_CONTRACT), flags=_CONTRACT)
+
+    def tile(self, i0, j0, rows, vectors):
+        """c[i0:i0+rows, j0:j0+vectors*LANES] += a[i0:i0+rows, :] @ b[:, same columns], its
+        accumulators in registers."""
+        bld = self.builder
+        c_at = [self._vector_at(self.c, bld.add(bld.mul(bld.add(i0, _const(r)), self.ldc),
+                                                bld.add(j0, _const(v * LANES))))
+                for r in range(rows) for v in range(vectors)]          # row by row, as acc below
+
+        def step(kk, acc):
+            b_row = bld.add(bld.mul(kk, self.ldb), j0)
+            b_vec = [bld.load(self._vector_at(self.b, bld.add(b_row, _const(v * LANES))), align=4)
+                     for v in range(vectors)]
+            new = []
+            for r in range(rows):
+                scalar = self._a(bld.add(i0, _const(r)), kk)
+                splat = bld.shuffle_vector(bld.insert_element(ir.Constant(_VEC, ir.Undefined), scalar,
+                                                              ir.Constant(ir.IntType(32), 0)),
+                                           ir.Constant(_VEC, ir.Undefined), _SPLAT)
+                new += [self._multiply_add(acc[r * vectors + v], splat, b_vec[v]) for v in range(vectors)]
+            return new
+
+        totals = self._walk_k([bld.load(p, align=4) for p in c_at], step, "tile")
+        for total, at in zip(totals, c_at):
+            bld.store(total, at, align=4)
 
     def rest(self, i0, m, j0, vectors):
         """The rows past the last full tile, m - i0 < ROWS of them, as one tile of that height:
@@ -152,24 +165,12 @@ class _Operands:
         """c[i, j] += a[i, :] @ b[:, j], one element (the columns past the last vector)."""
         bld = self.builder
         c_at = bld.gep(self.c, [bld.add(bld.mul(i, self.ldc), j)])
-        entry = bld.block
-        head, loop, after = (bld.append_basic_block(f"dot.{part}") for part in ("head", "body", "after"))
-        start = bld.load(c_at)
-        bld.branch(head)
-        bld.position_at_end(head)
-        kk = bld.phi(_I64, name="k")
-        kk.add_incoming(_const(0), entry)
-        total = bld.phi(_F32)
-        total.add_incoming(start, entry)
-        bld.cbranch(bld.icmp_signed("<", kk, self.k), loop, after)
-        bld.position_at_end(loop)
-        b_value = bld.load(bld.gep(self.b, [bld.add(bld.mul(kk, self.ldb), j)]))
-        total.add_incoming(bld.fadd(total, bld.fmul(self._a(i, kk), b_value, flags=_CONTRACT), flags=_CONTRACT),
-                           loop)
-        kk.add_incoming(bld.add(kk, _const(1)), loop)
-        bld.branch(head)
-        bld.position_at_end(after)
-        bld.store(total, c_at)
+
+        def step(kk, total):
+            b_value = bld.load(bld.gep(self.b, [bld.add(bld.mul(kk, self.ldb), j)]))
+            return [self._multiply_add(total[0], self._a(i, kk), b_value)]
+
+        bld.store(self._walk_k([bld.load(c_at)], step, "dot")[0], c_at)
 
 
 @intrinsic
