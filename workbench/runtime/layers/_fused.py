@@ -60,10 +60,10 @@ def call_product(typingctx, address, a, a_row, a_col, b, ldb, c, ldc, m, n, k):
     the caller keeps every offset inside its array."""
     if not all(isinstance(t, types.Array) and t.dtype == types.float32 for t in (a, b, c)):
         return None                     # the product reads float32: numba names the types it got
-    floats, i64 = ir.FloatType().as_pointer(), ir.IntType(64)
-    target = ir.FunctionType(ir.VoidType(), [floats, i64, i64, floats, i64, floats, i64, i64, i64, i64])
 
     def codegen(context, builder, signature, args):
+        from . import _gemm                 # when this compiles; its product's own signature
+        target = ir.FunctionType(ir.VoidType(), [context.get_value_type(t) for t in _gemm.SIGNATURE.args])
         arrays = {i: context.make_array(signature.args[i])(context, builder, args[i]).data for i in (1, 4, 6)}
         values = [arrays.get(i, args[i]) for i in range(1, len(args))]
         builder.call(builder.inttoptr(args[0], target.as_pointer()), values)
@@ -298,9 +298,9 @@ def standardize_rows(x, out, eps, divide_by_std):
 # Every array is C-ordered: the product reads states [Batch, H] and weights by rows.
 
 @_inline
-def _gate(x, gate_clip):
-    """A gate's pre-activation clipped to +-gate_clip (NaN stays NaN)."""
-    return min(max(x, -gate_clip), gate_clip)
+def _clipped(x, bound):
+    """x clipped to +-bound (NaN stays NaN): gate pre-activations and the LSTM's cell."""
+    return min(max(x, -bound), bound)
 
 
 @_jit_nogil
@@ -322,14 +322,14 @@ def lstm_sequence(product, pre, rt, h0, c, out, gate_clip, cell_clip, coupled):
             pi, pf = row[:hidden], row[hidden:2 * hidden]
             po, pz = row[2 * hidden:3 * hidden], row[3 * hidden:]
             for k in range(hidden):
-                i = sigmoid(_gate(pi[k], gate_clip))
-                o = sigmoid(_gate(po[k], gate_clip))
-                z = tanh(_gate(pz[k], gate_clip))
+                i = sigmoid(_clipped(pi[k], gate_clip))
+                o = sigmoid(_clipped(po[k], gate_clip))
+                z = tanh(_clipped(pz[k], gate_clip))
                 if coupled:
                     cell = cb[k] * (_ONE - i) + i * z
                 else:
-                    cell = cb[k] * sigmoid(_gate(pf[k], gate_clip)) + i * z
-                cell = min(max(cell, -cell_clip), cell_clip)
+                    cell = cb[k] * sigmoid(_clipped(pf[k], gate_clip)) + i * z
+                cell = _clipped(cell, cell_clip)
                 cb[k] = cell
                 hb[k] = o * tanh(cell)
         h = h_out
@@ -353,14 +353,14 @@ def gru_sequence(product, pre, r_zr, r_o, h0, reset_h, out, gate_clip):
         for b in range(batch):
             pr, hb, rb = step[b, hidden:2 * hidden], h[b], reset_h[b]
             for k in range(hidden):
-                rb[k] = sigmoid(_gate(pr[k], gate_clip)) * hb[k]
+                rb[k] = sigmoid(_clipped(pr[k], gate_clip)) * hb[k]
         call_product(product, reset_h, hidden, 1, r_o, hidden, step[:, 2 * hidden:], width, batch, hidden,
                      hidden)
         for b in range(batch):
             pz, po, hb, ob = step[b, :hidden], step[b, 2 * hidden:], h[b], h_out[b]
             for k in range(hidden):
-                z = sigmoid(_gate(pz[k], gate_clip))
-                ob[k] = (_ONE - z) * tanh(_gate(po[k], gate_clip)) + z * hb[k]
+                z = sigmoid(_clipped(pz[k], gate_clip))
+                ob[k] = (_ONE - z) * tanh(_clipped(po[k], gate_clip)) + z * hb[k]
         h = h_out
 
 
@@ -377,7 +377,7 @@ def rnn_sequence(product, pre, rt, h0, out, gate_clip, use_tanh):
         for b in range(batch):
             row, ob = step[b], h_out[b]
             for k in range(hidden):
-                v = _gate(row[k], gate_clip)
+                v = _clipped(row[k], gate_clip)
                 ob[k] = tanh(v) if use_tanh else sigmoid(v)
         h = h_out
 
