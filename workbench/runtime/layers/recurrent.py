@@ -287,7 +287,8 @@ class _LSTMDirection:
             self.rh = np.concatenate(rh, 0).T           # [H, 4H], a transposed view: BLAS reads it so
 
     def run(self, seq, h, c):
-        """Run over seq [Seq, Batch, C] in order; returns (outputs [Seq, Batch, H], h, c)."""
+        """Run over seq [Seq, Batch, C] in order from the states h, c (``_state``'s own arrays);
+        returns (outputs [Seq, Batch, H], h, c)."""
         if self.compiled:
             return self._run_standard(seq, h, c)
         H = self.hidden
@@ -322,11 +323,10 @@ class _LSTMDirection:
         pre = seq.reshape(-1, cin) @ self.wx                              # [Seq * Batch, 4H]
         pre += self.bias
         out = np.empty((steps, batch, self.hidden), np.float32)
-        c = np.array(c, dtype=np.float32, order="C")                      # updated in place: ours
-        fused().lstm_sequence(gemm().ADDRESS, pre.reshape(steps, batch, 4 * self.hidden), self.rt,
-                              np.ascontiguousarray(h, dtype=np.float32), c, out,
-                              np.float32(GATE_CLIP), self.cell_clip, self.coupled)
-        return out, (out[-1].copy() if steps else np.array(h, np.float32)), c
+        # h and c are _state's fresh C-ordered float32 copies: c is updated in place, h kept
+        fused().lstm_sequence(gemm().ADDRESS, pre.reshape(steps, batch, 4 * self.hidden), self.rt, h, c,
+                              out, np.float32(GATE_CLIP), self.cell_clip, self.coupled)
+        return out, (out[-1].copy() if steps else h), c
 
 
 @kernel("uniDirectionalLSTM")
