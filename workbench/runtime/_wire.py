@@ -114,7 +114,7 @@ def _walk(data, start, end, name, tables, payloads, depth):
     WeightParams is cut in the same loop: the walk is a load's largest Python cost after planning,
     and calls per field made it 1.4x slower. ``data`` is a memoryview: its slices copy nothing."""
     weight_params = name == _WEIGHT_PARAMS
-    if depth > MAX_DEPTH:
+    if depth > MAX_DEPTH and not weight_params:       # a WeightParams holds no message to descend into
         raise _Unexpected
     children = _NO_CHILDREN if weight_params else tables[name]
     pieces, size, run, pos, seen, cuts = [], 0, start, start, None, []
@@ -137,7 +137,6 @@ def _walk(data, start, end, name, tables, payloads, depth):
         if wire == 2:
             if pos >= end:
                 raise _Unexpected
-            length_start = pos
             length = data[pos]
             pos += 1
             if length >= 0x80:
@@ -157,11 +156,11 @@ def _walk(data, start, end, name, tables, payloads, depth):
                         raise _Unexpected
                     seen.add(tag >> 3)
                 inner = _walk(data, pos, pos + length, child_name, tables, payloads, depth + 1)
-                if inner is not None:                 # the bytes up to the length stay as they are
-                    head = varint_bytes(inner[1])
-                    pieces += [data[run:length_start], head]
+                if inner is not None:                 # the tag re-encoded: an overlong one comes out short
+                    head = varint_bytes(tag) + varint_bytes(inner[1])
+                    pieces += [data[run:tag_start], head]
                     pieces += inner[0]
-                    size += length_start - run + len(head) + inner[1]
+                    size += tag_start - run + len(head) + inner[1]
                     run = pos + length
             pos += length
         elif wire == 0:
