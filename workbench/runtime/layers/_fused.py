@@ -2,7 +2,9 @@
 
 GELU, softmax, mean-variance statistics, recurrent layers' steps, a depthwise convolution's taps and
 Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary
-array per pass; here each is one loop that numba compiles to vector code. The scalar functions
+array per pass; here each is one loop that numba compiles to vector code. (``shifted_taps``, the
+loop of a convolution with few output channels, is here for the same reason as the recurrent
+steps: it calls ``_gemm``'s product from compiled code.) The scalar functions
 are written out (rather than calling libm) because only straight-line arithmetic vectorizes:
 
 - ``exp``: Cody-Waite reduction by ln 2 in two parts and the degree-5 minimax polynomial of
@@ -433,6 +435,22 @@ def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high, relu)
                     dst[k] += weight * src[k]
             for k in range(size):
                 dst[k] = clamp(dst[k], low, high, relu)
+
+
+@_jit
+def shifted_taps(product, planes, w_taps, offsets, wide, block):
+    """wide[i, :, p] += sum over taps t of w_taps[t] @ planes[i, :, offsets[t] + p], a block of
+    positions p at a time (every tap over one block, then the next): a convolution with few
+    output channels (_shifted.py), each tap's product by ``_gemm``'s at the address ``product``."""
+    images, c_out, positions = wide.shape
+    channels, stride = planes.shape[1], planes.shape[2]
+    for i in range(images):
+        src, dst = planes[i], wide[i]
+        for start in range(0, positions, block):
+            count = min(block, positions - start)
+            for t in range(offsets.size):
+                call_product(product, w_taps[t], channels, 1, src[:, offsets[t] + start:], stride,
+                             dst[:, start:], positions, c_out, count, channels)
 
 
 # ---------------------------------------------------------------- Winograd F(2x2, 3x3) transforms

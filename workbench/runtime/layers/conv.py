@@ -3,7 +3,8 @@
 One engine serves both: the spatial rank is the number of trailing axes the kernel slides over
 (2 or 3), everything before ``C`` is flattened into a batch axis. Convolution is im2col + one
 batched BLAS matmul (all groups in one call); 1x1 kernels skip im2col, depthwise kernels
-(one input channel per group) accumulate shifted products instead (_depthwise.py). Deconvolution is the
+(one input channel per group) accumulate shifted products instead (_depthwise.py), and so do
+stride-1 kernels with few output channels, through a compiled product (_shifted.py). Deconvolution is the
 transpose: one matmul to per-tap columns, then a strided scatter-add of each kernel tap
 straight into the cropped output window.
 
@@ -15,8 +16,10 @@ import math
 import numpy as np
 
 from ...errors import LayerError, ModelFormatError
-from ._base import FRESH, NO_CLAMP, Kernel, add_bias, kernel
+from . import _shifted
+from ._base import FRESH, NO_CLAMP, Kernel, add_bias, fused, gemm, kernel
 from ._depthwise import depthwise_forward
+from ._shifted import shifted_forward
 from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
 
@@ -155,10 +158,15 @@ class _ConvolutionBase(Kernel):
             b = self.weights(bias, "bias", self.c_out)
             self.bias = b.reshape((self.c_out,) + (1,) * self.rank)
         self.dynamic_weights = len(self.layer.input) == 2
+        self.shifted = None                  # [taps, C_out, C_in] when _shifted.py runs this layer
         if not self.dynamic_weights:
             flat = self._deconv_weights(weights, count) if self.deconv else \
                 self.weights(weights, "weights", count)
             self.wmat, self.depthwise = self._layout(flat)
+            if not self.deconv and not self.depthwise and _shifted.eligible(
+                    self.kernel_sizes, self.strides, self.groups, self.c_out):
+                self.shifted = _shifted.tap_weights(self.wmat, self.kernel_channels, self.kernel_sizes)
+                fused(), gemm()             # numba's import at load, not at the first prediction
         self.winograd = None
         self.winograd_eligible = (
             not self.dynamic_weights and not self.deconv and self.rank == 2 and self.groups == 1
@@ -289,6 +297,9 @@ class _ConvolutionBase(Kernel):
             elif self._winograd_for(outs) is not None and _all_finite(xb):  # adds the bias, clamps
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
+            elif self.shifted is not None:
+                y = add_bias(shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations, pads,
+                                             outs, self.workspace()), self.bias, clamp)
             else:
                 y = add_bias(conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
                                           self.dilations, pads, outs, self.workspace()), self.bias, clamp)
