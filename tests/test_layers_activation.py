@@ -99,6 +99,17 @@ def test_leaky_relu_and_elu_at_zero_use_the_positive_branch():
     close(got, F.elu(t(x), 2.0), atol=0)
 
 
+@pytest.mark.parametrize("nonlinearity, alpha", [("LEAKYRELU", [0.15]), ("PRELU", np.array([0.15]))])
+def test_leaky_relu_special_values_follow_the_proto_formula(nonlinearity, alpha):
+    """f(x) = x for x >= 0, alpha * x below (NeuralNetwork.proto): -0 stays -0, NaN stays NaN,
+    infinities scale; 45 elements, so the compiled loop's vector body and its tail both run."""
+    x = np.array([[-0.0, 0.0, -1e-30, 1e-30, np.nan, np.inf, -np.inf, -2.5, 3.0] * 5], np.float32)
+    got = run(lambda b: b.add_activation("a", nonlinearity, "data", "out", params=alpha), x, exact_rank=True)
+    expected = np.where(x >= 0, x, x * np.float32(0.15))
+    np.testing.assert_array_equal(got, expected)
+    np.testing.assert_array_equal(np.signbit(got), np.signbit(expected))
+
+
 @pytest.mark.parametrize("shape", RANK5_SHAPES)
 def test_prelu_per_channel_rank5(shape):
     x, declared = rank5_case(shape)

@@ -58,7 +58,7 @@ class Activation(Kernel):
         # the function, not a bound method: a bound method kept on the instance is a reference
         # cycle, and would hold the kernel (and the file buffer its weights view) until a gc pass
         self._nonlinearity = getattr(type(self), "_" + self.nonlinearity)
-        if self.nonlinearity in ("tanh", "sigmoid"):
+        if self.nonlinearity in ("tanh", "sigmoid", "leakyReLU", "PReLU"):
             fused()                         # numba's import at load, not at the first prediction
         if self.nonlinearity in ("PReLU", "parametricSoftplus"):    # per-channel: let compute check C
             self.output_shapes = None
@@ -75,25 +75,35 @@ class Activation(Kernel):
         return np.maximum(x, np.float32(0), out=self.workspace().output(x.shape))
 
     def _leakyReLU(self, x):
-        return np.where(x >= 0, x, x * np.float32(self.alpha))
+        return self._slopes(x, np.full(1, self.alpha, np.float32))
 
     def _thresholdedReLU(self, x):
         return np.where(x >= np.float32(self.alpha), x, np.float32(0))
 
     def _PReLU(self, x):
         _check_channels(self, x, self.alpha)
-        return np.where(x >= 0, x, x * self.alpha)
+        return self._slopes(x, np.asarray(self.alpha, np.float32).reshape(-1))
+
+    def _slopes(self, x, alpha):
+        """x where it is >= 0, x * alpha below, in one compiled pass (``_fused.leaky_rows``): one
+        alpha, or one per channel (axis -3, checked), each row of [N * C, H * W] taking its own."""
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = self.workspace().output(x.shape)
+        if x.size:
+            rows = x.size // (x.shape[-2] * x.shape[-1]) if alpha.size > 1 else 1
+            fused().leaky_rows(x.reshape(rows, -1), out.reshape(rows, -1), alpha)
+        return out
 
     def _tanh(self, x):
         kernels = fused()
-        return kernels.flat_map(kernels.map_tanh, x)
+        return kernels.flat_map(kernels.map_tanh, x, out=self.workspace().output(x.shape))
 
     def _scaledTanh(self, x):
         return np.float32(self.alpha) * np.tanh(np.float32(self.beta) * x)
 
     def _sigmoid(self, x):
         kernels = fused()
-        return kernels.flat_map(kernels.map_sigmoid, x)
+        return kernels.flat_map(kernels.map_sigmoid, x, out=self.workspace().output(x.shape))
 
     def _sigmoidHard(self, x):
         return np.clip(np.float32(self.alpha) * x + np.float32(self.beta), np.float32(0), np.float32(1))
@@ -204,7 +214,7 @@ class Gelu(Kernel):
 
     def compute(self, x):
         kernels = fused()
-        return kernels.flat_map(kernels.gelu, x, self.mode_code)
+        return kernels.flat_map(kernels.gelu, x, self.mode_code, out=self.workspace().output(x.shape))
 
 
 @kernel("erf")
@@ -219,7 +229,7 @@ class Erf(Kernel):
 
     def compute(self, x):
         kernels = fused()
-        return kernels.flat_map(kernels.map_erf, x)
+        return kernels.flat_map(kernels.map_erf, x, out=self.workspace().output(x.shape))
 
 
 # ---------------------------------------------------------------- parameterless unary kinds
