@@ -69,7 +69,9 @@ class Activation(Kernel):
         return self._nonlinearity(self, x)
 
     def _linear(self, x):
-        return x * np.float32(self.alpha) + np.float32(self.beta)
+        y = np.multiply(x, np.float32(self.alpha), out=self.workspace().output(x.shape))
+        y += np.float32(self.beta)
+        return y
 
     def _ReLU(self, x):
         return np.maximum(x, np.float32(0), out=self.workspace().output(x.shape))
@@ -125,18 +127,35 @@ class Activation(Kernel):
 
 # ---------------------------------------------------------------- unary, clip, clampedReLU, gelu, erf
 
-# UnaryFunctionLayerParams.Operation name -> f(x, alpha, epsilon)
+def _rsqrt(x, a, e, out):
+    np.add(x, e, out=out)
+    np.sqrt(out, out=out)
+    return np.divide(np.float32(1), out, out=out)
+
+
+def _inverse(x, a, e, out):
+    np.add(x, e, out=out)
+    return np.divide(np.float32(1), out, out=out)
+
+
+def _log(x, a, e, out):
+    np.add(x, e, out=out)
+    return np.log(out, out=out)
+
+
+# UnaryFunctionLayerParams.Operation name -> f(x, alpha, epsilon, out): into ``out``, x's shape
+# (the kernel's array reused across predictions; x may be it, after the scale-and-shift pass)
 _UNARY = {
-    "SQRT": lambda x, a, e: np.sqrt(x),
-    "RSQRT": lambda x, a, e: np.float32(1) / np.sqrt(x + e),
-    "INVERSE": lambda x, a, e: np.float32(1) / (x + e),
-    "POWER": lambda x, a, e: np.power(x, a),
-    "EXP": lambda x, a, e: np.exp(x),
+    "SQRT": lambda x, a, e, out: np.sqrt(x, out=out),
+    "RSQRT": _rsqrt,
+    "INVERSE": _inverse,
+    "POWER": lambda x, a, e, out: np.power(x, a, out=out),
+    "EXP": lambda x, a, e, out: np.exp(x, out=out),
     # Core ML adds epsilon before LOG too, though the proto comment omits it: MIL's
     # log(x, epsilon) lowers to this field and coremltools' NN-backend tests expect log(x + eps).
-    "LOG": lambda x, a, e: np.log(x + e),
-    "ABS": lambda x, a, e: np.abs(x),
-    "THRESHOLD": lambda x, a, e: np.maximum(x, a),
+    "LOG": _log,
+    "ABS": lambda x, a, e, out: np.abs(x, out=out),
+    "THRESHOLD": lambda x, a, e, out: np.maximum(x, a, out=out),
 }
 
 
@@ -159,10 +178,12 @@ class Unary(Kernel):
         self.shift = np.float32(p.shift)
 
     def compute(self, x):
-        if self.scale != 1 or self.shift != 0:
-            x = x * self.scale + self.shift
+        out = self.workspace().output(x.shape)
         with _quiet():
-            return self.function(x, self.alpha, self.epsilon)
+            if self.scale != 1 or self.shift != 0:
+                x = np.multiply(x, self.scale, out=out)
+                x += self.shift
+            return self.function(x, self.alpha, self.epsilon, out)
 
 
 @kernel("clip")

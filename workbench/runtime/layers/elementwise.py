@@ -148,8 +148,8 @@ class Scale(_Elementwise):
             self.bias = _chw_param(self, self.weights(p.bias, "bias"), p.shapeBias, "bias")
 
     def compute(self, x):
-        _check_fits(self, x, self.scale, self.bias)
-        out = x * self.scale
+        _check_fits(self, x, self.scale, self.bias)       # so the product has x's shape
+        out = np.multiply(x, self.scale, out=self.workspace().output(x.shape))
         if self.bias is not None:
             out += self.bias
         return out
@@ -167,7 +167,7 @@ class Bias(_Elementwise):
 
     def compute(self, x):
         _check_fits(self, x, self.bias)
-        return x + self.bias
+        return np.add(x, self.bias, out=self.workspace().output(x.shape))
 
 
 # ---------------------------------------------------------------- N-D broadcastable arithmetic

@@ -87,7 +87,7 @@ class BatchNorm(Kernel):
         _require_rank(self, x, 3)
         _require_channels(self, x, self.channels)
         if not self.compute_stats:
-            y = x * self.scale
+            y = np.multiply(x, self.scale, out=self.workspace().output(x.shape))
             y += self.shift
             return y
         if self.instance:
