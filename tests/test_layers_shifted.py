@@ -39,6 +39,11 @@ def conv_kernel(model):
     return next(s.kernel for s in model.network.steps if s.kind == "convolution")
 
 
+def took_shifted_path(model):
+    """Whether a prediction summed shifted products: their padded planes are in the scratch pool."""
+    return "shifted planes" in model.state.scratch._pools
+
+
 @pytest.mark.parametrize("batch, c_in, c_out, kernel, dilation, size, pads", [
     (1, 64, 3, (9, 9), (1, 1), (40, 37), (4, 4, 4, 4)),     # a style-transfer net's last layer
     (2, 9, 3, (9, 9), (1, 1), (23, 30), (4, 4, 4, 4)),
@@ -47,7 +52,7 @@ def conv_kernel(model):
     (1, 1, 1, (3, 3), (1, 1), (8, 9), (0, 0, 0, 0)),
     (1, 7, 4, (5, 3), (2, 1), (21, 14), (3, 1, 0, 2)),      # rectangular, dilated, asymmetric pads
     (1, 6, 5, (2, 4), (1, 3), (12, 25), (0, 2, 5, 1)),
-    (1, 8, 2, (9, 9), (1, 1), (5, 4), (4, 4, 4, 4)),        # the kernel's reach beyond a tiny image
+    (1, 6, 3, (3, 3), (2, 3), (19, 23), (2, 2, 3, 3)),      # dilated along both axes
     (3, 33, 7, (3, 3), (1, 1), (70, 65), (1, 1, 1, 1)),     # more positions than a block
 ])
 @pytest.mark.parametrize("with_bias", [False, True])
@@ -63,6 +68,67 @@ def test_few_output_channels_take_the_shifted_path_and_match_torch(batch, c_in, 
     expected = F.conv2d(xt, t(w), None if bias is None else t(bias), dilation=dilation).numpy()
     for _ in range(2):                                        # the second run reuses its arrays
         np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
+
+
+def test_a_small_map_under_wide_padding_takes_im2col():
+    """A 9x9 kernel on a 5x4 map padded by 4: the rows computed in full would be mostly padding."""
+    r = np.random.default_rng(8)
+    w = r.standard_normal((2, 8, 9, 9)).astype(np.float32)
+    x = r.standard_normal((1, 8, 5, 4)).astype(np.float32)
+    model = conv_model(w, x.shape, pads=(4, 4, 4, 4))
+    expected = F.conv2d(F.pad(t(x), (4, 4, 4, 4)), t(w)).numpy()
+    np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert conv_kernel(model).shifted is not None and not took_shifted_path(model)
+
+
+def test_rank5_sequence_and_batch_axes():
+    r = np.random.default_rng(9)
+    w = r.standard_normal((4, 3, 3, 3)).astype(np.float32)
+    x = r.standard_normal((2, 3, 3, 10, 11)).astype(np.float32)          # [Seq, Batch, C, H, W]
+    b = NeuralNetworkBuilder([("data", datatypes.Array(3, 10, 11))], [("out", None)])
+    b.add_convolution(name="conv", kernel_channels=3, output_channels=4, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="same", groups=1, W=w.transpose(2, 3, 1, 0), b=None,
+                      has_bias=False, input_name="data", output_name="out")
+    model = wb.load(b.spec)
+    expected = F.conv2d(t(x.reshape(6, 3, 10, 11)), t(w), padding="same").numpy().reshape(2, 3, 4, 10, 11)
+    np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
+
+
+def test_limits_check_the_buffers_the_path_allocates():
+    """The limit applies to the planes and outputs this path allocates, not to im2col columns it
+    never builds (64 x 81 x 40 x 40 floats: 33 MB here)."""
+    r = np.random.default_rng(10)
+    w = (r.standard_normal((3, 64, 9, 9)) / 72).astype(np.float32)
+    x = r.standard_normal((1, 64, 40, 40)).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=64, output_channels=3, height=9, width=9, stride_height=1,
+                      stride_width=1, border_mode="same", groups=1, W=w.transpose(2, 3, 1, 0), b=None,
+                      has_bias=False, input_name="data", output_name="out")
+    model = wb.load(b.spec, limits={"max_blob_bytes": 4 << 20})
+    expected = F.conv2d(t(x), t(w), padding="same").numpy()
+    np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    planes = 64 * (48 * 48 + 8) * 4                           # 590 KB: over this limit, under the input's
+    tight = wb.load(b.spec, limits={"max_blob_bytes": planes - 4})
+    with pytest.raises(wb.ResourceLimitError, match="shifted-products buffer"):
+        tight.predict({"data": x})
+
+
+def test_weights_given_as_an_input_take_im2col():
+    r = np.random.default_rng(11)
+    w = r.standard_normal((3, 4, 3, 3)).astype(np.float32)
+    x = r.standard_normal((1, 4, 8, 9)).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape)), ("w", datatypes.Array(*w.shape))],
+                             [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=4, output_channels=3, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="valid", groups=1, W=None, b=None, has_bias=False,
+                      input_name=["data", "w"], output_name="out")
+    model = wb.load(b.spec)
+    assert conv_kernel(model).shifted is None
+    np.testing.assert_allclose(model.predict({"data": x, "w": w})["out"], F.conv2d(t(x), t(w)).numpy(),
+                               rtol=RTOL, atol=ATOL)
 
 
 @pytest.mark.parametrize("asym", ["BOTTOM_RIGHT_HEAVY", "TOP_LEFT_HEAVY"])
@@ -76,6 +142,7 @@ def test_same_padding(asym):
     top, left = (2, 1) if asym == "TOP_LEFT_HEAVY" else (1, 1)
     xt = F.pad(t(x), (left, 2 - left, top, 3 - top))
     np.testing.assert_allclose(model.predict({"data": x})["out"], F.conv2d(xt, t(w)).numpy(), rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
 
 
 @pytest.mark.parametrize("c_out, stride, groups, kernel, why", [
@@ -112,6 +179,7 @@ def test_three_dimensional_convolution():
     xt = F.pad(t(x), (0, 3, 2, 1, 1, 0))
     expected = F.conv3d(xt, t(w), t(bias), dilation=(1, 2, 1)).numpy()
     np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
 
 
 def test_inf_and_nan_reach_only_the_outputs_whose_window_holds_them():
@@ -137,6 +205,7 @@ def test_inf_and_nan_reach_only_the_outputs_whose_window_holds_them():
     np.testing.assert_array_equal(np.isinf(got), np.isinf(expected))
     np.testing.assert_allclose(got, expected, rtol=RTOL, atol=ATOL)      # equal_nan: infinities must agree
     assert np.isfinite(got).sum() > 0.5 * got.size
+    assert took_shifted_path(model)
 
 
 def test_a_fused_relu_and_trace():
@@ -152,6 +221,7 @@ def test_a_fused_relu_and_trace():
     traced = model.trace({"data": x})
     np.testing.assert_allclose(traced["conv_out"], conv.numpy(), rtol=RTOL, atol=ATOL)
     np.testing.assert_allclose(traced["out"], F.relu(conv).numpy(), rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
 
 
 def test_tap_weights_are_one_row_major_matrix_per_tap():

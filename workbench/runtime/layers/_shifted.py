@@ -41,27 +41,51 @@ def tap_weights(wmat, channels, kernel_sizes):
     return np.ascontiguousarray(wmat.reshape(c_out, channels, taps).transpose(2, 0, 1))
 
 
+def worthwhile(in_sizes, pads, out_sizes):
+    """Whether the outputs computed past each row's end and dropped stay fewer than the kept ones:
+    on a small map with wide padding (a 9x9 kernel on 5x5) most of the work would be padding."""
+    padded = _padded(in_sizes, pads)
+    return math.prod(padded[1:]) <= 2 * math.prod(out_sizes[1:])
+
+
+def buffer_shapes(batch, channels, c_out, in_sizes, pads, kernel_sizes, dilations, out_sizes):
+    """The two scratch arrays ``shifted_forward`` allocates (checked against the limits first):
+    the padded planes with their tail, and the outputs over full padded rows."""
+    padded = _padded(in_sizes, pads)
+    tail = _tail(padded, kernel_sizes, dilations)
+    return (batch, channels, math.prod(padded) + tail), (batch, c_out, out_sizes[0] * math.prod(padded[1:]))
+
+
 def shifted_forward(x, w_taps, kernel_sizes, dilations, pads, out_sizes, workspace=FRESH):
     """x [N, C_in, *spatial] float32, C-contiguous -> [N, C_out, *out] (stride 1), without bias."""
     n, channels = x.shape[:2]
     c_out = w_taps.shape[1]
-    padded = tuple(int(s + b + a) for s, (b, a) in zip(x.shape[2:], pads))
+    padded = _padded(x.shape[2:], pads)
     steps = _row_major_steps(padded)                 # elements per step along each padded axis
-    # every tap's offset into a flattened plane, and how far the last one reads past the plane
     offsets = np.array([sum(o * d * s for o, d, s in zip(tap, dilations, steps))
                         for tap in np.ndindex(*kernel_sizes)], np.int64)
-    tail = sum((k - 1) * d * s for k, d, s in zip(kernel_sizes[1:], dilations[1:], steps[1:]))
+    planes_shape, wide_shape = buffer_shapes(n, channels, c_out, x.shape[2:], pads, kernel_sizes, dilations,
+                                             out_sizes)
     plane = math.prod(padded)
-    planes = workspace.scratch("shifted planes", (n, channels, plane + tail), fill=0.0)
+    planes = workspace.scratch("shifted planes", planes_shape, fill=0.0)
     interior = tuple(slice(b, b + s) for s, (b, _) in zip(x.shape[2:], pads))
     planes[:, :, :plane].reshape((n, channels) + padded)[(Ellipsis,) + interior] = x
-    wide_shape = (out_sizes[0],) + padded[1:]        # the output over full padded rows
-    wide = workspace.scratch("shifted outputs", (n, c_out, math.prod(wide_shape)), fill=0.0)
+    wide = workspace.scratch("shifted outputs", wide_shape, fill=0.0)
     fused().shifted_taps(gemm().ADDRESS, planes, w_taps, offsets, wide, BLOCK)
     kept = (Ellipsis,) + tuple(slice(0, o) for o in out_sizes[1:])
     out = workspace.output((n, c_out) + tuple(out_sizes))
-    np.copyto(out, wide.reshape((n, c_out) + wide_shape)[kept])
+    np.copyto(out, wide.reshape((n, c_out, out_sizes[0]) + padded[1:])[kept])
     return out
+
+
+def _padded(in_sizes, pads):
+    return tuple(int(s + b + a) for s, (b, a) in zip(in_sizes, pads))
+
+
+def _tail(padded, kernel_sizes, dilations):
+    """How far past its plane the last tap reads, for the last outputs of the last row (dropped)."""
+    steps = _row_major_steps(padded)
+    return sum((k - 1) * d * s for k, d, s in zip(kernel_sizes[1:], dilations[1:], steps[1:]))
 
 
 def _row_major_steps(shape):

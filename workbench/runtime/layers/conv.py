@@ -289,7 +289,7 @@ class _ConvolutionBase(Kernel):
                                self.dilations, befores, outs)
         else:
             pads, outs = self._forward_pads(in_sizes)
-            self._check_sizes(outs, x.shape)
+            self._check_sizes(outs, x.shape, pads)
             clamp = self._clamp()
             if depthwise:                                    # adds the bias and clamps itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
@@ -297,7 +297,7 @@ class _ConvolutionBase(Kernel):
             elif self._winograd_for(outs) is not None and _all_finite(xb):  # adds the bias, clamps
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
-            elif self.shifted is not None:
+            elif self._shifted_for(in_sizes, pads, outs):
                 y = add_bias(shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations, pads,
                                              outs, self.workspace()), self.bias, clamp)
             else:
@@ -313,8 +313,9 @@ class _ConvolutionBase(Kernel):
         if self.dynamic_weights or s is None or len(s) < rank + 1 or s[-rank - 1] != expected:
             return None
         in_sizes = s[-rank:]
-        outs = self._transpose_window(in_sizes)[1] if self.deconv else self._forward_pads(in_sizes)[1]
-        self._check_sizes(outs, s)
+        pads, outs = (None, self._transpose_window(in_sizes)[1]) if self.deconv else \
+            self._forward_pads(in_sizes)
+        self._check_sizes(outs, s, pads)
         self._winograd_for(outs)                 # the load-time shape pass prepares the weights
         return [tuple(s[:-rank - 1]) + (self.c_out,) + tuple(outs)]
 
@@ -326,13 +327,24 @@ class _ConvolutionBase(Kernel):
                               f"kernelChannels={self.kernel_channels}, kernel {self.kernel_sizes}")
         return np.asarray(w, np.float32).reshape(-1)
 
-    def _check_sizes(self, outs, shape):
+    def _shifted_for(self, in_sizes, pads, outs):
+        """Whether this call sums shifted products (_shifted.py): planned for it, and not on a map
+        so small that padding would be most of the work."""
+        return self.shifted is not None and _shifted.worthwhile(in_sizes, pads, outs)
+
+    def _check_sizes(self, outs, shape, pads=None):
         if any(o < 1 for o in outs):
             raise self._error(f"input of shape {shape} gives an empty output {outs}: "
                               f"the kernel is larger than the (padded) input")
         # strides, paddings or an outputShape from the file decide these sizes: check before allocating
         lead = math.prod(shape[:-self.rank - 1])
         self.check_shape((lead, self.c_out) + tuple(outs))
+        in_sizes = tuple(shape[-self.rank:])
+        if not self.deconv and pads is not None and self._shifted_for(in_sizes, pads, outs):
+            for buffer in _shifted.buffer_shapes(lead, shape[-self.rank - 1], self.c_out, in_sizes, pads,
+                                                 self.kernel_sizes, self.dilations, outs):
+                self.check_shape(buffer, "shifted-products buffer")
+            return
         if self.deconv:          # conv_transpose's columns: [N, C_out * kernel, *input sizes]
             cols = (lead, self.c_out * math.prod(self.kernel_sizes)) + tuple(shape[-self.rank:])
         else:                    # conv_forward's columns: [N, C_in * kernel, *output sizes]
