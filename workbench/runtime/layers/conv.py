@@ -4,9 +4,9 @@ One engine serves both: the spatial rank is the number of trailing axes the kern
 (2 or 3), everything before ``C`` is flattened into a batch axis. Convolution is im2col + one
 batched BLAS matmul (all groups in one call); 1x1 kernels skip im2col, depthwise kernels
 (one input channel per group) accumulate shifted products instead (_depthwise.py), and so do
-stride-1 kernels with few output channels, through a compiled product (_shifted.py). Deconvolution is the
-transpose: one matmul to per-tap columns, then a strided scatter-add of each kernel tap
-straight into the cropped output window.
+stride-1 kernels with few output channels, through a compiled product (_shifted.py).
+Deconvolution is the transpose: one matmul to per-tap columns, then a strided scatter-add of
+each kernel tap straight into the cropped output window.
 
 The padding and output-size helpers here are shared with ``pooling``.
 """
@@ -19,7 +19,6 @@ from ...errors import LayerError, ModelFormatError
 from . import _shifted
 from ._base import FRESH, NO_CLAMP, Kernel, add_bias, fused, gemm, kernel
 from ._depthwise import depthwise_forward
-from ._shifted import shifted_forward
 from ._taps import pad_trailing, tap_slices
 from ._winograd import winograd_forward, winograd_weights
 
@@ -298,8 +297,8 @@ class _ConvolutionBase(Kernel):
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
             elif self._shifted_for(in_sizes, pads, outs):
-                y = add_bias(shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations, pads,
-                                             outs, self.workspace()), self.bias, clamp)
+                y = add_bias(_shifted.shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations,
+                                                      pads, outs, self.workspace()), self.bias, clamp)
             else:
                 y = add_bias(conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
                                           self.dilations, pads, outs, self.workspace()), self.bias, clamp)
