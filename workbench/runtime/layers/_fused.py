@@ -4,8 +4,8 @@ GELU, softmax, mean-variance statistics, recurrent layers' steps, a depthwise co
 Winograd's input and output transforms are each 5-30 numpy passes over memory, with a temporary
 array per pass; here each is one loop that numba compiles to vector code. (``shifted_taps``, the
 loop of a convolution with few output channels, is here for the same reason as the recurrent
-steps: it calls ``_gemm``'s product from compiled code.) The scalar functions
-are written out (rather than calling libm) because only straight-line arithmetic vectorizes:
+steps: it calls ``_gemm``'s product from compiled code.) The scalar functions are written out
+(rather than calling libm) because only straight-line arithmetic vectorizes:
 
 - ``exp``: Cody-Waite reduction by ln 2 in two parts and the degree-5 minimax polynomial of
   Cephes' ``expf`` (S. Moshier), then scaling by 2^n through the exponent bits (two factors, so
