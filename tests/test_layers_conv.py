@@ -613,3 +613,46 @@ def test_activations_are_not_fused_with_a_later_layer_or_a_nan_bound():
     got = model.predict({"data": x})
     np.testing.assert_array_equal(got["out"], np.maximum(x, 0))
     assert np.isnan(got["low"]).all()
+
+
+# ---------------------------------------------------------------- im2col in bands of output rows
+
+@pytest.mark.parametrize("column_bytes", [1, 4000])                # one output row a band; a few rows
+@pytest.mark.parametrize("c_in, c_out, groups, k, stride, dil, pads", [
+    (4, 20, 1, (3, 3), (1, 1), (1, 1), (1, 2, 0, 1)),
+    (6, 24, 2, (3, 2), (2, 1), (1, 2), (0, 1, 2, 0)),
+    (3, 32, 1, (5, 5), (3, 2), (2, 1), (2, 2, 2, 2)),
+])
+def test_im2col_in_bands_of_output_rows(monkeypatch, column_bytes, c_in, c_out, groups, k, stride, dil, pads):
+    """Columns for a band of output rows at a time (conv.COLUMN_BYTES), made tiny here so that
+    every layer takes several bands and a last, shorter one."""
+    from workbench.runtime.layers import conv
+    monkeypatch.setattr(conv, "COLUMN_BYTES", column_bytes)
+    r = rng(21)
+    w = r.standard_normal((c_out, c_in // groups) + k).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32)
+    x = r.standard_normal((2, c_in, 17, 13)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv(b, w, groups=groups, stride=stride, dilation=dil, bias=bias, pads=pads)
+    model = wb.load(b.spec)
+    xt = F.pad(t(x), (pads[2], pads[3], pads[0], pads[1]))
+    expected = F.conv2d(xt, t(w), t(bias), stride=stride, dilation=dil, groups=groups).numpy()
+    for _ in range(2):
+        check(model.predict({"data": x})["out"], expected)
+    assert conv.band_rows(2, c_in, k, expected.shape[2:]) < expected.shape[2]
+
+
+def test_the_im2col_limit_applies_to_one_band(monkeypatch):
+    """A layer whose columns for every output row at once pass max_blob_bytes runs, a band at a
+    time, when one band fits: 3 -> 24 channels, 9x9, 200x200 needs 39 MB of columns in all, and
+    bands of 8 MB here (43 rows)."""
+    from workbench.runtime.layers import conv
+    monkeypatch.setattr(conv, "COLUMN_BYTES", 8 << 20)
+    r = rng(22)
+    w = (r.standard_normal((24, 3, 9, 9)) / 15).astype(np.float32)
+    x = r.standard_normal((1, 3, 200, 200)).astype(np.float32)
+    b = builder({"data": x.shape}, True)
+    add_conv(b, w, border="same")
+    model = wb.load(b.spec, limits={"max_blob_bytes": 16 << 20})
+    check(model.predict({"data": x})["out"], F.conv2d(t(x), t(w), padding="same").numpy())
+    assert 3 * 81 * 200 * 200 * 4 > 16 << 20

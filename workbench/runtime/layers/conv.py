@@ -26,6 +26,10 @@ from ._winograd import winograd_forward, winograd_weights
 # ResNet-18 layers: faster from 64 channels at 14x14 and up; slower at 512 channels, 7x7)
 WINOGRAD_MIN_CHANNELS = 32
 WINOGRAD_MIN_PIXELS = 14 * 14
+# im2col columns are built for this many bytes of output rows at a time (at least one row): a
+# style-transfer net's 3 -> 64, 9x9 layer at 400x400 needs 155 MB of columns for all rows at once,
+# and a 1024x1024 image 1 GB; bands keep them in a few cache-sized blocks, each product as large
+COLUMN_BYTES = 32 << 20
 
 
 # ---------------------------------------------------------------- spatial helpers (shared)
@@ -78,13 +82,37 @@ def conv_forward(x, wmat, kernel_sizes, groups, strides, dilations, pads, out_si
             taps = _copy_into(workspace.scratch("cols", taps.shape), taps)
         cols = taps.reshape(n, groups, per_group, positions)
     else:
-        cols = workspace.scratch("cols", (n, channels) + tuple(kernel_sizes) + tuple(out_sizes))
-        for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
-            cols[(slice(None), slice(None)) + offsets] = \
-                xp[(Ellipsis,) + tap_slices(offsets, dilations, strides, out_sizes)]
-        cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), positions)
+        return _banded_im2col(xp, wmat, kernel_sizes, groups, strides, dilations, out_sizes, workspace)
     out = workspace.output((n, groups, wmat.shape[1], positions))
     return np.matmul(wmat, cols, out=out).reshape((n, c_out) + tuple(out_sizes))
+
+
+def band_rows(n, channels, kernel_sizes, out_sizes):
+    """Output rows (along the first spatial axis) whose im2col columns are built at a time."""
+    row_bytes = n * channels * math.prod(kernel_sizes) * math.prod(out_sizes[1:]) * 4
+    return max(1, min(out_sizes[0], COLUMN_BYTES // max(row_bytes, 1)))
+
+
+def _banded_im2col(xp, wmat, kernel_sizes, groups, strides, dilations, out_sizes, workspace):
+    """im2col + product, a band of output rows at a time (``band_rows``): each band's columns
+    [N, groups, C/groups * taps, rows * rest] and its product into the band's output positions."""
+    n, channels = xp.shape[:2]
+    per_group = channels // groups
+    rest = math.prod(out_sizes[1:])
+    rows = band_rows(n, channels, kernel_sizes, out_sizes)
+    out = workspace.output((n, groups, wmat.shape[1], math.prod(out_sizes)))
+    for first in range(0, out_sizes[0], rows):
+        count = min(rows, out_sizes[0] - first)
+        band = (count,) + tuple(out_sizes[1:])
+        cols = workspace.scratch("cols", (n, channels) + tuple(kernel_sizes) + band)   # one pool, reused
+        shift = first * strides[0]                       # the band's first row, in padded input rows
+        for offsets in itertools.product(*(range(k) for k in kernel_sizes)):
+            taps = tap_slices(offsets, dilations, strides, band)
+            taps = (slice(taps[0].start + shift, taps[0].stop + shift, taps[0].step),) + taps[1:]
+            cols[(slice(None), slice(None)) + offsets] = xp[(Ellipsis,) + taps]
+        cols = cols.reshape(n, groups, per_group * math.prod(kernel_sizes), count * rest)
+        np.matmul(wmat, cols, out=out[..., first * rest:(first + count) * rest])
+    return out.reshape((n, groups * wmat.shape[1]) + tuple(out_sizes))
 
 
 def _all_finite(x):
@@ -346,8 +374,10 @@ class _ConvolutionBase(Kernel):
             return
         if self.deconv:          # conv_transpose's columns: [N, C_out * kernel, *input sizes]
             cols = (lead, self.c_out * math.prod(self.kernel_sizes)) + tuple(shape[-self.rank:])
-        else:                    # conv_forward's columns: [N, C_in * kernel, *output sizes]
-            cols = (lead, shape[-self.rank - 1] * math.prod(self.kernel_sizes)) + tuple(outs)
+        else:                    # conv_forward's columns, a band of output rows: [N, C_in * kernel, rows, *rest]
+            channels, taps = shape[-self.rank - 1], math.prod(self.kernel_sizes)
+            rows = band_rows(lead, channels, self.kernel_sizes, outs) if taps > 1 else outs[0]
+            cols = (lead, channels * taps, rows) + tuple(outs[1:])
         self.check_shape(cols, "im2col buffer")
 
 
