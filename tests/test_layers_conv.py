@@ -624,10 +624,10 @@ def test_activations_are_not_fused_with_a_later_layer_or_a_nan_bound():
     (3, 32, 1, (5, 5), (3, 2), (2, 1), (2, 2, 2, 2)),
 ])
 def test_im2col_in_bands_of_output_rows(monkeypatch, column_bytes, c_in, c_out, groups, k, stride, dil, pads):
-    """Columns for a band of output rows at a time (conv.COLUMN_BYTES), made tiny here so that
+    """Columns for a band of output rows at a time (_im2col.COLUMN_BYTES), made tiny here so that
     every layer takes several bands and a last, shorter one."""
-    from workbench.runtime.layers import conv
-    monkeypatch.setattr(conv, "COLUMN_BYTES", column_bytes)
+    from workbench.runtime.layers import _im2col
+    monkeypatch.setattr(_im2col, "COLUMN_BYTES", column_bytes)
     r = rng(21)
     w = r.standard_normal((c_out, c_in // groups) + k).astype(np.float32)
     bias = r.standard_normal(c_out).astype(np.float32)
@@ -639,15 +639,15 @@ def test_im2col_in_bands_of_output_rows(monkeypatch, column_bytes, c_in, c_out, 
     expected = F.conv2d(xt, t(w), t(bias), stride=stride, dilation=dil, groups=groups).numpy()
     for _ in range(2):
         check(model.predict({"data": x})["out"], expected)
-    assert conv.band_rows(2, c_in, k, expected.shape[2:]) < expected.shape[2]
+    assert _im2col.band_rows(2, c_in, k, expected.shape[2:]) < expected.shape[2]
 
 
 def test_the_im2col_limit_applies_to_one_band(monkeypatch):
     """A layer whose columns for every output row at once pass max_blob_bytes runs, a band at a
     time, when one band fits: 3 -> 24 channels, 9x9, 200x200 needs 39 MB of columns in all, and
     bands of 8 MB here (43 rows)."""
-    from workbench.runtime.layers import conv
-    monkeypatch.setattr(conv, "COLUMN_BYTES", 8 << 20)
+    from workbench.runtime.layers import _im2col
+    monkeypatch.setattr(_im2col, "COLUMN_BYTES", 8 << 20)
     r = rng(22)
     w = (r.standard_normal((24, 3, 9, 9)) / 15).astype(np.float32)
     x = r.standard_normal((1, 3, 200, 200)).astype(np.float32)
