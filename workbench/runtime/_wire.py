@@ -132,7 +132,7 @@ def _walk(data, start, end, name, tables, payloads, depth):
         if weight_params:
             if tag >> 3 == MARKER:
                 raise _Unexpected
-            if tag >> 3 in CUT_FIELDS:                # (number, wire, tag start, value start, length)
+            if wire != 2 and tag >> 3 in CUT_FIELDS:  # unpacked: protobuf merges it (see below)
                 cuts.append((tag >> 3, wire, tag_start, pos, 0))
         if wire == 2:
             if pos >= end:
@@ -145,8 +145,8 @@ def _walk(data, start, end, name, tables, payloads, depth):
                     raise _Unexpected
             if pos + length > end:
                 raise _Unexpected
-            if weight_params and cuts and cuts[-1][2] == tag_start:
-                cuts[-1] = (tag >> 3, wire, tag_start, pos, length)
+            if weight_params and tag >> 3 in CUT_FIELDS:    # (number, wire, tag start, value start, length)
+                cuts.append((tag >> 3, wire, tag_start, pos, length))
             child = children.get(tag >> 3)
             if child is not None:
                 child_name, repeated = child

@@ -11,7 +11,7 @@ Tap (dy, dx) then reads one contiguous slice of every plane, starting dy * row +
 so out_wide [C_out, positions] += W_tap [C_out, C_in] @ planes[:, offset:] is a product of a few
 rows over a strided operand: ``_gemm``'s product, which keeps a tile of the output in registers
 while it walks the channels. Positions go a block at a time, so a block's slices of every plane
-stay in cache across the taps. The same layer takes 72 ms and no columns.
+stay in cache across the taps. The same layer takes 54 ms in its model and no columns.
 
 Each plane gets a zero tail: the last taps of the last plane read past its end, into outputs that
 are dropped. Sums run in float32, tap by tap, as im2col's product does over its columns.
