@@ -485,7 +485,7 @@ def test_depthwise_paths_match_torch(batch, channels, size, kernel, stride, dil,
     check(predict(b, data=x), ref)
 
 
-# ---------------------------------------------------------------- fused activations (plan.fuse_activations)
+# ---------------------------------------------------------------- fused activations (fusion.fuse_activations)
 
 def _conv_then(activation, w, groups, stride, pads, bias, x, extra=None):
     """data -> conv ("conv_out") -> ReLU or clip ("out"); ``extra``: "second reader" (an add

@@ -8,8 +8,9 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
                       UnsupportedLayerError, WorkbenchError)
 from . import spec as specmod
 from .features import FeatureIO
+from .fusion import fuse_activations, fuse_pointwise_chains
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
-from .plan import Planner, RunState, fuse_activations
+from .plan import Planner, RunState
 from .live import LiveImplementations
 from .registry import Implementations
 from .spec import WholeSpecMixin
@@ -89,6 +90,7 @@ class Model(WholeSpecMixin, LiveImplementations):
             raise ModelFormatError(f"{self.name}: output(s) {', '.join(missing)} are produced by no layer")
         keep = set(self._output_blobs.values()) | {f.name for f in self.io.outputs}
         self.fused_activations = fuse_activations(self.network, keep)
+        self.fused_chain_layers = fuse_pointwise_chains(self.network, keep)
 
     def _bind_implementations(self):
         for step in self._custom_steps:

@@ -6,7 +6,6 @@ the scope, as Core ML's nested networks share blob names with their parent.
 """
 import functools
 import inspect
-from collections import Counter
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -48,7 +47,10 @@ class Network:
 class BuiltinStep:
     """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
 
-    passes_on = False            # an activation its producer computes in predict (fuse_activations)
+    # the planner's fusions (fusion.py), in predict only: an activation its producer computes
+    # passes the producer's output on; a chain's first layer computes the whole chain
+    passes_on = False
+    chain = None
 
     def __init__(self, layer, kernel_obj, model_name, state=None):
         self.name, self.kind = layer.name, layer.WhichOneof("layer")
@@ -64,6 +66,13 @@ class BuiltinStep:
         if self.passes_on and self.state.reuse_buffers:
             scope[self.outputs[0]] = scope[self.inputs[0]]
             return
+        if self.chain is not None and self.state.reuse_buffers:
+            self.chain.run(self, scope)
+            return
+        self.run_as_written(scope)
+
+    def run_as_written(self, scope):
+        """This layer alone, as the file says (what ``run`` does outside the fusions)."""
         if self._rule_in_shape_pass and self.state.shapes_only and self._shapes_only(scope):
             return
         try:
@@ -243,53 +252,6 @@ class CustomStep:
         for array in self._kept:
             array.fill(np.nan)
         return list(self._kept)
-
-
-def fuse_activations(network, keep):
-    """Fold each ReLU or clip into the convolution that produces its input, where nothing else
-    reads that blob and it is not a model output (``keep``): in predict the convolution clamps
-    its outputs as it writes them (in its compiled loops, or with its bias in one pass) and the
-    activation passes them on, one pass over memory instead of two. trace and the shape pass run
-    both layers as written, so every blob keeps its own value there. Networks with control flow
-    are left alone: their nested networks read blobs by name. Returns how many were fused."""
-    if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
-        return 0
-    readers, producers = Counter(), {}
-    for index, step in enumerate(network.steps):
-        readers.update(step.inputs)
-        for name in step.outputs:
-            producers[name] = None if name in producers else (index, step)   # written twice: leave it
-    fused = 0
-    for index, step in enumerate(network.steps):
-        bounds = _clamp_bounds(step)
-        if bounds is None:
-            continue
-        blob = step.inputs[0]
-        first, producer = producers.get(blob) or (index, None)      # a model input: no producer
-        if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
-                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep
-                and not producer.kernel.deconv and producer.kernel.fused_clamp is None
-                and producer.kernel.top_level):
-            producer.kernel.fused_clamp = bounds
-            step.passes_on = True
-            fused += 1
-    return fused
-
-
-FUSABLE = ("convolution", "convolution3d")
-
-
-def _clamp_bounds(step):
-    """(low, high, relu) of a top-level ReLU or clip layer (see _fused.clamp), or None; a clip
-    with a NaN bound is left alone (np.clip makes every output NaN)."""
-    if not isinstance(step, BuiltinStep) or len(step.inputs) != 1 or len(step.outputs) != 1 \
-            or not step.kernel.top_level:
-        return None
-    if step.kind == "activation" and step.kernel.nonlinearity == "ReLU":
-        return np.float32(0), np.float32(np.inf), True
-    if step.kind == "clip" and not (np.isnan(step.kernel.low) or np.isnan(step.kernel.high)):
-        return step.kernel.low, step.kernel.high, False
-    return None
 
 
 def _arity(compute):

@@ -95,7 +95,7 @@ class _Fresh:
 
 FRESH = _Fresh()
 
-# (low, high, relu) of a convolution's fused activation (plan.fuse_activations) when there is
+# (low, high, relu) of a convolution's fused activation (fusion.fuse_activations) when there is
 # none; ``relu``: np.maximum(x, 0), which gives +0 for -0 where np.clip keeps -0
 NO_CLAMP = (np.float32(-np.inf), np.float32(np.inf), False)
 NO_BIAS = np.zeros(0, np.float32)      # what the compiled loops take for "no bias"

@@ -78,7 +78,7 @@ class _ConvolutionBase(Kernel):
     ``rank, kernel_sizes, strides, dilations, groups, c_out, kernel_channels, deconv,
     output_shape, padding`` where padding is ("fixed", [(b, a), ...]) or ("same", top_left_heavy)."""
 
-    # (low, high, relu) of a ReLU or clip fused into this layer by the planner (plan.fuse_activations)
+    # (low, high, relu) of a ReLU or clip fused into this layer by the planner (fusion.fuse_activations)
     fused_clamp = None
 
     def _clamp(self):

@@ -1,0 +1,185 @@
+"""Chains of element-wise layers fused into one pass (fusion.fuse_pointwise_chains).
+
+References: torch (batch_norm, relu6, hardtanh) and the unfused run of the same layers, which
+``trace`` computes layer by layer; each of those layers is tested against its own reference in
+test_layers_*.py. A fused chain must equal the unfused layers bit for bit, zero signs and NaN
+included. (The convolution's fused activation is tested in test_layers_conv.py.)
+"""
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from coremltools.models import datatypes
+from coremltools.models.neural_network import NeuralNetworkBuilder
+from coremltools.models.neural_network import flexible_shape_utils as fsu
+
+import workbench as wb
+from workbench.errors import WorkbenchError
+from support import assert_close as close  # noqa: E402
+
+RNG = np.random.default_rng(11)
+
+
+def bits(a):
+    return np.asarray(a, np.float32).view(np.uint32)
+
+
+def tf_relu6(b, source, target, name):
+    """The four layers TensorFlow converters write for ReLU6: ReLU, x(-1), THRESHOLD -6, x(-1)."""
+    b.add_activation(f"{name}_relu", "RELU", source, f"{name}_r")
+    b.add_activation(f"{name}_neg", "LINEAR", f"{name}_r", f"{name}_n", params=[-1.0, 0.0])
+    b.add_unary(f"{name}_clip", f"{name}_n", f"{name}_c", "threshold", alpha=-6.0)
+    b.add_activation(f"{name}_back", "LINEAR", f"{name}_c", target, params=[-1.0, 0.0])
+
+
+def bn_params(channels):
+    gamma = RNG.uniform(0.5, 3, channels).astype(np.float32)
+    beta = RNG.standard_normal(channels).astype(np.float32)
+    mean = RNG.standard_normal(channels).astype(np.float32)
+    var = RNG.uniform(0.2, 2, channels).astype(np.float32)
+    return gamma, beta, mean, var
+
+
+def bn_relu6_model(shape, outputs=(("out", None),), extra=None):
+    """data -> batchnorm -> TF ReLU6 -> ReLU -> "out"; ``extra(builder)`` adds more layers."""
+    channels = shape[-3]
+    params = bn_params(channels)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*shape))], list(outputs), disable_rank5_shape_mapping=True)
+    gamma, beta, mean, var = params
+    b.add_batchnorm("bn", channels, gamma, beta, mean=mean, variance=var, input_name="data",
+                    output_name="bn_out", epsilon=1e-3)
+    tf_relu6(b, "bn_out", "six", "r6")
+    b.add_activation("relu_again", "RELU", "six", "out")
+    if extra:
+        extra(b)
+    return wb.load(b.spec), params
+
+
+def torch_bn_relu6(x, params):
+    gamma, beta, mean, var = (torch.from_numpy(p) for p in params)
+    y = F.batch_norm(torch.from_numpy(x), mean, var, gamma, beta, eps=1e-3)
+    return F.relu6(y).numpy()
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 5, 7), (3, 4, 50, 50), (2, 16, 1, 1)])   # batch, past a block, 1x1
+def test_batchnorm_and_tensorflow_relu6_are_one_pass_equal_to_torch_and_to_the_layers(shape):
+    model, params = bn_relu6_model(shape)
+    assert model.fused_chain_layers == 6
+    x = (RNG.standard_normal(shape) * 4).astype(np.float32)
+    for _ in range(2):                                       # reused arrays: the second run too
+        got = model.predict({"data": x})["out"]
+        close(got, torch_bn_relu6(x, params))
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
+def test_special_values_match_the_unfused_layers_bit_for_bit():
+    """NaN, infinities, signed zeros, subnormals and the bounds themselves, through every kind a
+    chain takes: linear, ReLU, THRESHOLD (with its scale and shift), clip (low > high too)."""
+    specials = np.array([np.nan, -np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 6.0, -6.0, 5.999999,
+                         6.000001, 1.0, -1.0, 3.4e38, -3.4e38, 0.5, -0.5], np.float32)
+    x = np.concatenate([specials, (RNG.standard_normal(4096 - specials.size) * 8).astype(np.float32)])
+    chains = {
+        "linear, ReLU, threshold, clip": lambda b: (
+            b.add_activation("a", "LINEAR", "data", "a_out", params=[-1.0, 0.0]),
+            b.add_activation("b", "RELU", "a_out", "b_out"),
+            b.add_unary("c", "b_out", "c_out", "threshold", alpha=0.25, shift=-0.5, scale=2.0),
+            b.add_clip("d", "c_out", "out", -0.0, 3.0)),
+        "a clip whose low is above its high, then linear": lambda b: (
+            b.add_clip("a", "data", "a_out", 1.0, -1.0),
+            b.add_activation("b", "LINEAR", "a_out", "out", params=[1.0, 0.0])),    # -0 + 0 is +0
+        "threshold at -0, clip at +0": lambda b: (
+            b.add_unary("a", "data", "a_out", "threshold", alpha=-0.0),
+            b.add_clip("b", "a_out", "out", 0.0, 0.0)),
+        "TensorFlow's ReLU6": lambda b: tf_relu6(b, "data", "out", "r6"),
+    }
+    for what, add in chains.items():
+        b = NeuralNetworkBuilder([("data", datatypes.Array(x.size))], [("out", None)],
+                                 disable_rank5_shape_mapping=True)
+        add(b)
+        model = wb.load(b.spec)
+        assert model.fused_chain_layers >= 2, what
+        got, unfused = model.predict({"data": x})["out"], model.trace({"data": x})["out"]
+        np.testing.assert_array_equal(bits(got), bits(unfused), err_msg=what)
+    close(got, F.relu6(torch.from_numpy(x)).numpy())               # and the last one as torch has it
+
+
+def test_chains_stop_where_a_blob_is_read_twice_or_is_an_output():
+    def extra(b):
+        b.add_elementwise("twice", ["r6_n", "out"], "sum", "ADD")      # r6_n: a second reader
+    shape = (1, 4, 3, 3)
+    model, params = bn_relu6_model(shape, outputs=[("out", None), ("sum", None), ("r6_r", None)], extra=extra)
+    # bn -> r6_relu ends at r6_r (an output); r6_neg reads r6_r (alone: no chain); r6_clip ->
+    # r6_back -> relu_again after r6_n, which the add reads too
+    assert model.fused_chain_layers == 2 + 3
+    x = (RNG.standard_normal(shape) * 4).astype(np.float32)
+    got, traced = model.predict({"data": x}), model.trace({"data": x})
+    for name in ("out", "sum", "r6_r"):
+        np.testing.assert_array_equal(bits(got[name]), bits(traced[name]), err_msg=name)
+    close(got["out"], torch_bn_relu6(x, params))
+
+
+def test_a_chain_ends_before_a_batchnorm_of_another_channel_count():
+    """Two batchnorms of 4 channels on a [1, 4, 2, 2] blob, then one of 2 channels whose own error
+    must still name it in predict."""
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 4, 2, 2))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    for name, source, target, channels in (("bn1", "data", "a", 4), ("bn2", "a", "b", 4), ("bn3", "b", "out", 2)):
+        gamma, beta, mean, var = bn_params(channels)
+        b.add_batchnorm(name, channels, gamma, beta, mean=mean, variance=var, input_name=source,
+                        output_name=target)
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers == 2
+    with pytest.raises(WorkbenchError, match="bn3"):
+        model.predict({"data": np.ones((1, 4, 2, 2), np.float32)})
+
+
+@pytest.mark.parametrize("where", ["first", "second"])
+def test_a_batchnorm_in_a_chain_given_the_wrong_channels_fails_naming_it(where):
+    """The chain is planned for 4 channels; a 3-channel input (a flexible shape) runs the layers
+    as written, so the batchnorm's own error names it."""
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 4, 2, 2))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    gamma, beta, mean, var = bn_params(4)
+    if where == "first":
+        b.add_batchnorm("the_bn", 4, gamma, beta, mean=mean, variance=var, input_name="data", output_name="a")
+        b.add_activation("relu", "RELU", "a", "out")
+    else:
+        b.add_activation("relu", "RELU", "data", "a")
+        b.add_batchnorm("the_bn", 4, gamma, beta, mean=mean, variance=var, input_name="a", output_name="out")
+    fsu.set_multiarray_ndshape_range(b.spec, "data", lower_bounds=[1, 1, 2, 2], upper_bounds=[1, 8, 2, 2])
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers == 2
+    with pytest.raises(WorkbenchError, match="the_bn"):
+        model.predict({"data": np.ones((1, 3, 2, 2), np.float32)})
+    x = RNG.standard_normal((1, 4, 2, 2)).astype(np.float32)
+    np.testing.assert_array_equal(bits(model.predict({"data": x})["out"]), bits(model.trace({"data": x})["out"]))
+
+
+def test_rank5_blobs_take_their_channels_from_axis_minus_3():
+    """A rank-5 model ([Seq, Batch, C, H, W] blobs): rows of every (seq, batch, channel)."""
+    channels = 3
+    gamma, beta, mean, var = bn_params(channels)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(channels, 4, 5))], [("out", None)])
+    b.add_batchnorm("bn", channels, gamma, beta, mean=mean, variance=var, input_name="data",
+                    output_name="bn_out", epsilon=1e-3)
+    b.add_clip("clip", "bn_out", "out", -1.0, 1.0)
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers == 2
+    x = (RNG.standard_normal((2, 3, channels, 4, 5)) * 3).astype(np.float32)
+    y = F.batch_norm(torch.from_numpy(x.reshape(6, channels, 4, 5)), *(torch.from_numpy(p) for p in
+                     (mean, var, gamma, beta)), eps=1e-3)
+    close(model.predict({"data": x})["out"], F.hardtanh(y).numpy().reshape(x.shape))
+
+
+def test_nothing_fuses_in_a_network_with_control_flow():
+    """A loop body reads blobs by name: such networks run as written."""
+    b = NeuralNetworkBuilder([("data", datatypes.Array(4))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_activation("relu", "RELU", "data", "a")
+    b.add_activation("neg", "LINEAR", "a", "out", params=[-1.0, 0.0])
+    loop = b.add_loop("loop", max_iterations=1)
+    body = NeuralNetworkBuilder(nn_spec=loop.loop.bodyNetwork, disable_rank5_shape_mapping=True)
+    body.add_activation("inner", "RELU", "out", "inner_out")
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers == 0
+    x = np.array([-1, 2, -3, 4], np.float32)
+    np.testing.assert_array_equal(model.predict({"data": x})["out"], -np.maximum(x, 0))

@@ -1,0 +1,175 @@
+"""Fusions the planner makes once at load, for ``predict`` only.
+
+``trace`` and the load-time shape pass run every layer as the file writes it, so each blob keeps
+its own value there; in ``predict`` a fused layer computes what several layers would, in fewer
+passes over memory, with the same result bit for bit. Only top-level layers take part, and only
+where every blob passed between them has one reader and is not a model output (``keep``).
+Networks with control flow are left alone: their nested networks read blobs by name.
+"""
+from collections import Counter
+
+import numpy as np
+
+from .plan import BuiltinStep
+
+
+def _blob_flow(network):
+    """(readers, producers): how many layers read each blob, and (index, step) of the one layer
+    that writes it (None for a blob written twice), or None where control flow forbids fusing."""
+    if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
+        return None
+    readers, producers = Counter(), {}
+    for index, step in enumerate(network.steps):
+        readers.update(step.inputs)
+        for name in step.outputs:
+            producers[name] = None if name in producers else (index, step)   # written twice: leave it
+    return readers, producers
+
+
+def _single_flow(step):
+    return (isinstance(step, BuiltinStep) and len(step.inputs) == 1 and len(step.outputs) == 1
+            and step.kernel.top_level and not step.passes_on and step.chain is None)
+
+
+# ---------------------------------------------------------------- a convolution's activation
+
+FUSABLE = ("convolution", "convolution3d")
+
+
+def fuse_activations(network, keep):
+    """Fold each ReLU or clip into the convolution that produces its input: in predict the
+    convolution clamps its outputs as it writes them (in its compiled loops, or with its bias in
+    one pass) and the activation passes them on, one pass over memory instead of two. Returns how
+    many were fused."""
+    flow = _blob_flow(network)
+    if flow is None:
+        return 0
+    readers, producers = flow
+    fused = 0
+    for index, step in enumerate(network.steps):
+        bounds = _clamp_bounds(step)
+        if bounds is None:
+            continue
+        blob = step.inputs[0]
+        first, producer = producers.get(blob) or (index, None)      # a model input: no producer
+        if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
+                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep
+                and not producer.kernel.deconv and producer.kernel.fused_clamp is None
+                and producer.kernel.top_level):
+            producer.kernel.fused_clamp = bounds
+            step.passes_on = True
+            fused += 1
+    return fused
+
+
+def _clamp_bounds(step):
+    """(low, high, relu) of a top-level ReLU or clip layer (see _fused.clamp), or None; a clip
+    with a NaN bound is left alone (np.clip makes every output NaN)."""
+    if not _single_flow(step):
+        return None
+    if step.kind == "activation" and step.kernel.nonlinearity == "ReLU":
+        return np.float32(0), np.float32(np.inf), True
+    if step.kind == "clip" and not (np.isnan(step.kernel.low) or np.isnan(step.kernel.high)):
+        return step.kernel.low, step.kernel.high, False
+    return None
+
+
+# ---------------------------------------------------------------- chains of element-wise layers
+
+def fuse_pointwise_chains(network, keep):
+    """Make each run of two or more element-wise layers (batchnorm with fixed statistics, linear
+    activation, ReLU, unary THRESHOLD, clip), each reading the one before, one pass
+    (``_pointwise.chain_rows``): the first layer computes the whole chain and the others pass its
+    output on. TensorFlow converters write ReLU6 as four such layers after each batchnorm.
+    Call after ``fuse_activations``: a ReLU folded into its convolution stays there. Returns how
+    many layers the chains took in."""
+    flow = _blob_flow(network)
+    if flow is None:
+        return 0
+    readers, producers = flow
+    reader = {}
+    for index, step in enumerate(network.steps):
+        for name in step.inputs:
+            reader[name] = index
+    taken = 0
+    for step in network.steps:
+        ops = _operations(step)
+        if ops is None or step.passes_on:
+            continue
+        links, channels = [step], ops[1]
+        program = list(ops[0])
+        while True:
+            blob = links[-1].outputs[0]
+            if readers[blob] != 1 or blob in keep or producers.get(blob) is None:
+                break
+            following = network.steps[reader[blob]]
+            more = _operations(following)
+            if more is None or following.inputs[0] != blob:
+                break
+            if more[1] and channels and more[1] != channels:
+                break                            # another channel count: its own layer says why
+            links.append(following)
+            program += more[0]
+            channels = channels or more[1]
+        if len(links) < 2:
+            continue
+        step.chain = PointwiseChain(links, program, channels)
+        for link in links[1:]:
+            link.passes_on = True
+        taken += len(links)
+    if taken:
+        from .layers import _pointwise          # numba's import and the loop's compile at load
+        _pointwise.chain_rows                   # noqa: B018
+    return taken
+
+
+def _operations(step):
+    """([(code, a, b), ...], channels) of an element-wise layer a chain can take in (channels: a
+    batchnorm's, else 0; a and b: its per-channel arrays, or numbers), else None."""
+    if not _single_flow(step):
+        return None
+    from .layers._pointwise import AFFINE, CLIP, MAXIMUM
+    k = step.kernel
+    if step.kind == "batchnorm" and not k.compute_stats:
+        return [(AFFINE, k.scale.reshape(-1), k.shift.reshape(-1))], k.channels
+    if step.kind == "activation" and k.nonlinearity == "linear":
+        return [(AFFINE, np.float32(k.alpha), np.float32(k.beta))], 0
+    if step.kind == "activation" and k.nonlinearity == "ReLU":
+        return [(MAXIMUM, np.float32(0), np.float32(0))], 0
+    if step.kind == "unary" and k.operation == "THRESHOLD":
+        ops = [(AFFINE, k.scale, k.shift)] if k.scale != 1 or k.shift != 0 else []
+        return ops + [(MAXIMUM, k.alpha, np.float32(0))], 0
+    if step.kind == "clip":
+        return [(CLIP, k.low, k.high)], 0
+    return None
+
+
+class PointwiseChain:
+    """What the first layer of a fused chain computes in predict: every layer's operation in
+    turn (``_pointwise``), into that layer's reused output array, stored under its own output
+    name (the others pass it on). An input a batchnorm in the chain cannot take is run layer by
+    layer, so that layer's own error names it."""
+
+    def __init__(self, links, program, channels):
+        self.links = links
+        self.channels = channels
+        self.codes = np.array([code for code, _, _ in program], np.int64)
+        width = max(channels, 1)
+        self.a = np.empty((len(program), width), np.float32)
+        self.b = np.empty((len(program), width), np.float32)
+        for i, (_, a, b) in enumerate(program):
+            self.a[i], self.b[i] = a, b
+
+    def run(self, head, scope):
+        x = scope[head.inputs[0]]
+        if self.channels and (x.ndim < 3 or x.shape[-3] != self.channels):
+            for link in self.links:
+                link.run_as_written(scope)
+            return
+        from .layers import _pointwise
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = head.kernel.workspace().output(x.shape)
+        if x.size:
+            rows = x.size // (x.shape[-2] * x.shape[-1]) if self.channels else 1
+            _pointwise.chain_rows(x.reshape(rows, -1), out.reshape(rows, -1), self.codes, self.a, self.b)
+        scope[head.outputs[0]] = out

@@ -1,0 +1,60 @@
+"""One compiled pass for a chain of element-wise layers the planner fused (``runtime/fusion.py``).
+
+A TensorFlow-converted ReLU6 is four layers (ReLU, linear x(-1), unary THRESHOLD at -6, linear
+x(-1)) and usually follows a batchnorm: five passes over memory, each writing a new array. Here
+the chain's operations run one after the other on a block of a row at a time, while the block
+is in L1, so memory is read once and written once.
+
+Each operation computes exactly what its own layer's numpy pass computes, so a fused chain's
+output is bit for bit the unfused one (zeros' signs and NaN included):
+
+- ``AFFINE``: ``v * a + b`` rounded twice, as ``np.multiply`` then ``+=`` (no fast-math flags
+  here at all: contraction to one FMA would round once);
+- ``MAXIMUM``: ``np.maximum(v, a)``, which answers ``a`` when the two are equal (so +0 for
+  ``max(-0, +0)``) and NaN when either is NaN;
+- ``CLIP``: ``np.clip(v, a, b)``: ``a`` if ``v < a``, then ``b`` if larger than ``b``; ``v`` itself
+  when it equals a bound (a -0 stays -0) or is NaN.
+"""
+import numpy as np
+from numba import njit
+
+AFFINE, MAXIMUM, CLIP = 0, 1, 2
+BLOCK = 2048            # elements of a row per block: 8 KB, in L1 while every operation runs
+
+_exact = njit(error_model="numpy", cache=True)
+_inline = njit(error_model="numpy", inline="always")
+
+
+@_exact
+def chain_rows(x, out, codes, a, b):
+    """out[r] = the chain ``codes`` applied to x[r] for each row of [rows, positions]; operation
+    ``i`` takes its parameters from a[i, r % channels] and b[i, r % channels] (``channels`` =
+    a.shape[1]: a batchnorm's channels on axis -3, or 1)."""
+    rows, n = x.shape
+    channels = a.shape[1]
+    for r in range(rows):
+        c = r % channels
+        source, target = x[r], out[r]
+        for start in range(0, n, BLOCK):
+            stop = min(start + BLOCK, n)
+            src, dst = source[start:stop], target[start:stop]
+            _apply(codes[0], a[0, c], b[0, c], src, dst)
+            for i in range(1, codes.size):
+                _apply(codes[i], a[i, c], b[i, c], dst, dst)
+
+
+@_inline
+def _apply(code, p, q, src, dst):
+    """dst = one operation of src (dst may be src: each element is read before it is written)."""
+    if code == AFFINE:
+        for k in range(dst.size):
+            dst[k] = src[k] * p + q
+    elif code == MAXIMUM:
+        for k in range(dst.size):
+            v = src[k]
+            dst[k] = v if v > p or v != v else p
+    else:
+        for k in range(dst.size):
+            v = src[k]
+            v = p if v < p else v
+            dst[k] = q if v > q else v
