@@ -117,30 +117,27 @@ def fuse_pointwise_chains(network, keep):
         for link in links[1:]:
             link.passes_on = True
         taken += len(links)
-    if taken:
-        from .layers import _pointwise          # numba's import and the loop's compile at load
-        _pointwise.chain_rows                   # noqa: B018
     return taken
 
 
 def _operations(step):
-    """([(code, a, b), ...], channels) of an element-wise layer a chain can take in (channels: a
-    batchnorm's, else 0; a and b: its per-channel arrays, or numbers), else None."""
+    """([(operation, a, b), ...], channels) of an element-wise layer a chain can take in (an
+    operation of ``_pointwise``, by name; channels: a batchnorm's, else 0; a and b: its per-channel
+    arrays, or numbers), else None."""
     if not _single_flow(step):
         return None
-    from .layers._pointwise import AFFINE, CLIP, MAXIMUM
     k = step.kernel
     if step.kind == "batchnorm" and not k.compute_stats:
-        return [(AFFINE, k.scale.reshape(-1), k.shift.reshape(-1))], k.channels
+        return [("AFFINE", k.scale.reshape(-1), k.shift.reshape(-1))], k.channels
     if step.kind == "activation" and k.nonlinearity == "linear":
-        return [(AFFINE, np.float32(k.alpha), np.float32(k.beta))], 0
+        return [("AFFINE", np.float32(k.alpha), np.float32(k.beta))], 0
     if step.kind == "activation" and k.nonlinearity == "ReLU":
-        return [(MAXIMUM, np.float32(0), np.float32(0))], 0
+        return [("MAXIMUM", np.float32(0), np.float32(0))], 0
     if step.kind == "unary" and k.operation == "THRESHOLD":
-        ops = [(AFFINE, k.scale, k.shift)] if k.scale != 1 or k.shift != 0 else []
-        return ops + [(MAXIMUM, k.alpha, np.float32(0))], 0
+        ops = [("AFFINE", k.scale, k.shift)] if k.scale != 1 or k.shift != 0 else []
+        return ops + [("MAXIMUM", k.alpha, np.float32(0))], 0
     if step.kind == "clip":
-        return [(CLIP, k.low, k.high)], 0
+        return [("CLIP", k.low, k.high)], 0
     return None
 
 
@@ -151,9 +148,10 @@ class PointwiseChain:
     layer, so that layer's own error names it."""
 
     def __init__(self, links, program, channels):
+        from .layers import _pointwise          # numba's import at load, not at the first prediction
         self.links = links
         self.channels = channels
-        self.codes = np.array([code for code, _, _ in program], np.int64)
+        self.codes = np.array([getattr(_pointwise, name) for name, _, _ in program], np.int64)
         width = max(channels, 1)
         self.a = np.empty((len(program), width), np.float32)
         self.b = np.empty((len(program), width), np.float32)
