@@ -183,3 +183,65 @@ def test_nothing_fuses_in_a_network_with_control_flow():
     assert model.fused_chain_layers == 0
     x = np.array([-1, 2, -3, 4], np.float32)
     np.testing.assert_array_equal(model.predict({"data": x})["out"], -np.maximum(x, 0))
+
+
+# ---------------------------------------------------------------- a chain after a convolution
+
+def conv_chain_model(x_shape, w, bias, stride, pads, second_reader=False):
+    """data -> convolution "conv_out" -> batchnorm -> TF ReLU6 -> "out" (``second_reader``: an add
+    also reads conv_out, so the chain stays a layer of its own)."""
+    c_out, kc, kh, kw = w.shape
+    params = bn_params(c_out)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x_shape))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=kc, output_channels=c_out, height=kh, width=kw,
+                      stride_height=stride, stride_width=stride, border_mode="valid", groups=x_shape[1] // kc,
+                      W=w.transpose(2, 3, 1, 0), b=bias, has_bias=bias is not None, input_name="data",
+                      output_name="conv_out", padding_top=pads, padding_bottom=pads, padding_left=pads,
+                      padding_right=pads)
+    gamma, beta, mean, var = params
+    b.add_batchnorm("bn", c_out, gamma, beta, mean=mean, variance=var, input_name="conv_out",
+                    output_name="bn_out", epsilon=1e-3)
+    tf_relu6(b, "bn_out", "six" if second_reader else "out", "r6")
+    if second_reader:
+        b.add_elementwise("sum", ["six", "conv_out"], "out", "ADD")
+    return wb.load(b.spec), params
+
+
+@pytest.mark.parametrize("with_bias", [True, False])
+@pytest.mark.parametrize("c_in, c_out, groups, kernel, size, stride, pads, path", [
+    (6, 24, 1, 1, 9, 1, 0, "1x1"),
+    (5, 20, 1, 3, 11, 2, 1, "im2col"),
+    (4, 8, 1, 3, 12, 1, 1, "shifted"),
+    (32, 32, 1, 3, 16, 1, 1, "winograd"),
+    (8, 8, 8, 3, 10, 1, 1, "depthwise"),
+])
+def test_a_chain_after_a_convolution_runs_in_place_on_its_output(with_bias, c_in, c_out, groups, kernel, size,
+                                                                 stride, pads, path):
+    """The convolution's bias is the chain's first operation where the convolution does not add
+    it in its own loops; the result is torch's, and the unfused layers' bit for bit."""
+    w = RNG.standard_normal((c_out, c_in // groups, kernel, kernel)).astype(np.float32)
+    bias = RNG.standard_normal(c_out).astype(np.float32) if with_bias else None
+    x = (RNG.standard_normal((2, c_in, size, size)) * 2).astype(np.float32)
+    model, params = conv_chain_model(x.shape, w, bias, stride, pads)
+    assert model.chains_in_convolutions == 1 and model.fused_activations == 0
+    conv = next(s.kernel for s in model.network.steps if s.kind == "convolution")
+    assert conv.depthwise == (path == "depthwise") and (conv.winograd is not None) == (path == "winograd")
+    assert (conv.shifted is not None) == (path == "shifted")
+    y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), None if bias is None else torch.from_numpy(bias),
+                 stride=stride, padding=pads, groups=groups)
+    expected = torch_bn_relu6(y.numpy(), params)
+    # sums of up to 288 products of size ~30, times a batchnorm scale of up to 7: float32's
+    # rounding (Winograd's most) reaches 1e-4 in absolute terms
+    for _ in range(2):
+        got = model.predict({"data": x})["out"]
+        close(got, expected, atol=2e-4)
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
+def test_a_chain_stays_a_layer_where_the_convolution_output_is_read_elsewhere():
+    w = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
+    x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)
+    model, params = conv_chain_model(x.shape, w, None, 1, 1, second_reader=True)
+    assert model.chains_in_convolutions == 0 and model.fused_chain_layers == 5
+    y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
+    close(model.predict({"data": x})["out"], torch_bn_relu6(y, params) + y)

@@ -39,8 +39,8 @@ FUSABLE = ("convolution", "convolution3d")
 def fuse_activations(network, keep):
     """Fold each ReLU or clip into the convolution that produces its input: in predict the
     convolution clamps its outputs as it writes them (in its compiled loops, or with its bias in
-    one pass) and the activation passes them on, one pass over memory instead of two. Returns how
-    many were fused."""
+    one pass) and the activation passes them on, one pass over memory instead of two. Call last:
+    a chain of layers after a convolution goes to it first. Returns how many were fused."""
     flow = _blob_flow(network)
     if flow is None:
         return 0
@@ -55,7 +55,7 @@ def fuse_activations(network, keep):
         if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
                 and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep
                 and not producer.kernel.deconv and producer.kernel.fused_clamp is None
-                and producer.kernel.top_level):
+                and producer.kernel.fused_chain is None and producer.kernel.top_level):
             producer.kernel.fused_clamp = bounds
             step.passes_on = True
             fused += 1
@@ -81,8 +81,7 @@ def fuse_pointwise_chains(network, keep):
     activation, ReLU, unary THRESHOLD, clip), each reading the one before, one pass
     (``_pointwise.chain_rows``): the first layer computes the whole chain and the others pass its
     output on. TensorFlow converters write ReLU6 as four such layers after each batchnorm.
-    Call after ``fuse_activations``: a ReLU folded into its convolution stays there. Returns how
-    many layers the chains took in."""
+    Returns how many layers the chains took in."""
     flow = _blob_flow(network)
     if flow is None:
         return 0
@@ -141,22 +140,28 @@ def _operations(step):
     return None
 
 
+class Program:
+    """A chain's operations coded for ``_pointwise``: codes [ops], parameters a and b [ops, width],
+    row r taking column r % width (width: the channels of per-channel operations, or 1)."""
+
+    def __init__(self, operations, width):
+        from .layers import _pointwise          # numba's import at load, not at the first prediction
+        self.codes = np.array([getattr(_pointwise, name) for name, _, _ in operations], np.int64)
+        self.a = np.empty((len(operations), width), np.float32)
+        self.b = np.empty((len(operations), width), np.float32)
+        for i, (_, a, b) in enumerate(operations):
+            self.a[i], self.b[i] = a, b
+
+
 class PointwiseChain:
     """What the first layer of a fused chain computes in predict: every layer's operation in
     turn (``_pointwise``), into that layer's reused output array, stored under its own output
     name (the others pass it on). An input a batchnorm in the chain cannot take is run layer by
     layer, so that layer's own error names it."""
 
-    def __init__(self, links, program, channels):
-        from .layers import _pointwise          # numba's import at load, not at the first prediction
-        self.links = links
-        self.channels = channels
-        self.codes = np.array([getattr(_pointwise, name) for name, _, _ in program], np.int64)
-        width = max(channels, 1)
-        self.a = np.empty((len(program), width), np.float32)
-        self.b = np.empty((len(program), width), np.float32)
-        for i, (_, a, b) in enumerate(program):
-            self.a[i], self.b[i] = a, b
+    def __init__(self, links, operations, channels):
+        self.links, self.operations, self.channels = links, operations, channels
+        self.program = Program(operations, max(channels, 1))
 
     def run(self, head, scope):
         x = scope[head.inputs[0]]
@@ -169,5 +174,57 @@ class PointwiseChain:
         out = head.kernel.workspace().output(x.shape)
         if x.size:
             rows = x.size // (x.shape[-2] * x.shape[-1]) if self.channels else 1
-            _pointwise.chain_rows(x.reshape(rows, -1), out.reshape(rows, -1), self.codes, self.a, self.b)
+            p = self.program
+            _pointwise.chain_rows(x.reshape(rows, -1), out.reshape(rows, -1), p.codes, p.a, p.b)
         scope[head.outputs[0]] = out
+
+
+# ---------------------------------------------------------------- a chain after a convolution
+
+def fold_chains_into_convolutions(network, keep):
+    """Give each chain that reads a convolution's output (and nothing else reads it) to that
+    convolution: in predict it runs the chain in place on its output, its bias as the chain's
+    first operation (one pass for both), and the chain's layers pass the array on. Call after
+    ``fuse_pointwise_chains`` and before ``fuse_activations`` (a lone ReLU or clip goes into the
+    convolution's own loops). Returns how many chains were folded."""
+    flow = _blob_flow(network)
+    if flow is None:
+        return 0
+    readers, producers = flow
+    folded = 0
+    for index, step in enumerate(network.steps):
+        chain = getattr(step, "chain", None)         # custom layers' steps have none
+        if chain is None:
+            continue
+        blob = step.inputs[0]
+        first, producer = producers.get(blob) or (index, None)
+        if not (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
+                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep):
+            continue
+        conv = producer.kernel
+        if (conv.deconv or not conv.top_level or conv.fused_clamp is not None or conv.fused_chain is not None
+                or chain.channels not in (0, conv.c_out)):
+            continue
+        conv.fused_chain = ConvolutionEpilogue(chain.operations, conv.c_out, conv.bias)
+        step.chain, step.passes_on = None, True
+        folded += 1
+    return folded
+
+
+class ConvolutionEpilogue:
+    """A chain a convolution runs in place on its output [N, C_out, positions] in predict: with
+    its bias first (``add_bias=True``: ``y * 1 + bias`` is ``y + bias`` exactly) where the
+    convolution has not added it in its own loops."""
+
+    def __init__(self, operations, channels, bias):
+        self.plain = Program(operations, channels)
+        self.biased = self.plain if bias is None else \
+            Program([("AFFINE", np.float32(1), bias.reshape(-1))] + list(operations), channels)
+
+    def apply(self, y, add_bias):
+        from .layers import _pointwise
+        if y.size:
+            p = self.biased if add_bias else self.plain
+            rows = y.reshape(y.shape[0] * y.shape[1], -1)
+            _pointwise.chain_rows_in_place(rows, p.codes, p.a, p.b)
+        return y

@@ -29,7 +29,7 @@ _inline = njit(error_model="numpy", inline="always")
 def chain_rows(x, out, codes, a, b):
     """out[r] = the chain ``codes`` applied to x[r] for each row of [rows, positions]; operation
     ``i`` takes its parameters from a[i, r % channels] and b[i, r % channels] (``channels`` =
-    a.shape[1]: a batchnorm's channels on axis -3, or 1)."""
+    a.shape[1]: a batchnorm's channels on axis -3, or 1). ``out`` must not overlap ``x``."""
     rows, n = x.shape
     channels = a.shape[1]
     for r in range(rows):
@@ -37,9 +37,24 @@ def chain_rows(x, out, codes, a, b):
         source, target = x[r], out[r]
         for start in range(0, n, BLOCK):
             stop = min(start + BLOCK, n)
-            src, dst = source[start:stop], target[start:stop]
-            _apply(codes[0], a[0, c], b[0, c], src, dst)
+            dst = target[start:stop]
+            _apply(codes[0], a[0, c], b[0, c], source[start:stop], dst)
             for i in range(1, codes.size):
+                _apply(codes[i], a[i, c], b[i, c], dst, dst)
+
+
+@_exact
+def chain_rows_in_place(y, codes, a, b):
+    """``chain_rows(y, y, ...)`` for a convolution's output: every operation reads and writes
+    the same block (one array for both, so the loops vectorize without an overlap check)."""
+    rows, n = y.shape
+    channels = a.shape[1]
+    for r in range(rows):
+        c = r % channels
+        row = y[r]
+        for start in range(0, n, BLOCK):
+            dst = row[start:min(start + BLOCK, n)]
+            for i in range(codes.size):
                 _apply(codes[i], a[i, c], b[i, c], dst, dst)
 
 

@@ -78,8 +78,10 @@ class _ConvolutionBase(Kernel):
     ``rank, kernel_sizes, strides, dilations, groups, c_out, kernel_channels, deconv,
     output_shape, padding`` where padding is ("fixed", [(b, a), ...]) or ("same", top_left_heavy)."""
 
-    # (low, high, relu) of a ReLU or clip fused into this layer by the planner (fusion.fuse_activations)
+    # (low, high, relu) of a ReLU or clip fused into this layer by the planner (fusion.fuse_activations),
+    # or a chain of element-wise layers it runs on its output (fusion.fold_chains_into_convolutions)
     fused_clamp = None
+    fused_chain = None
 
     def _clamp(self):
         """The fused activation's bounds when it applies: in predict, where the activation layer
@@ -87,6 +89,12 @@ class _ConvolutionBase(Kernel):
         if self.fused_clamp is not None and self.top_level and self.ctx.reuse_buffers:
             return self.fused_clamp
         return NO_CLAMP
+
+    def _chain(self):
+        """The fused chain (fusion.ConvolutionEpilogue) when it applies, as for ``_clamp``."""
+        if self.fused_chain is not None and self.top_level and self.ctx.reuse_buffers:
+            return self.fused_chain
+        return None
 
     def _plan_weights(self, weights, bias):
         count = self._weight_count()
@@ -227,7 +235,7 @@ class _ConvolutionBase(Kernel):
         else:
             pads, outs = self._forward_pads(in_sizes)
             self._check_sizes(outs, x.shape, pads)
-            clamp = self._clamp()
+            clamp, chain, biased = self._clamp(), self._chain(), True
             if depthwise:                                    # adds the bias and clamps itself
                 y = depthwise_forward(xb, wmat, self.strides, self.dilations, pads, outs, self.bias,
                                       self.workspace(), clamp)
@@ -235,11 +243,15 @@ class _ConvolutionBase(Kernel):
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
             elif self._shifted_for(in_sizes, pads, outs):
-                y = add_bias(_shifted.shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations,
-                                                      pads, outs, self.workspace()), self.bias, clamp)
+                y, biased = _shifted.shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations, pads,
+                                                     outs, self.workspace()), False
             else:
-                y = add_bias(conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides,
-                                          self.dilations, pads, outs, self.workspace()), self.bias, clamp)
+                y, biased = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides, self.dilations,
+                                         pads, outs, self.workspace()), False
+            if chain is not None:                            # the bias as its first operation
+                y = chain.apply(y, add_bias=not biased)
+            elif not biased:
+                y = add_bias(y, self.bias, clamp)
             return y.reshape(tuple(lead) + (self.c_out,) + tuple(outs))
         return add_bias(y, self.bias).reshape(tuple(lead) + (self.c_out,) + tuple(outs))
 
