@@ -86,11 +86,12 @@ def flat_map(kernel, x, *args, out=None):
     return out
 
 
-def over_trailing_axes(kernel, x, axes, *args):
-    """A new float32 array: the row ``kernel`` applied to each block of the ``axes`` trailing
-    axes of ``x`` (softmax or statistics over those axes)."""
+def over_trailing_axes(kernel, x, axes, *args, out=None):
+    """The row ``kernel`` applied to each block of the ``axes`` trailing axes of ``x`` (softmax
+    or statistics over those axes), into ``out`` (x's shape, C-contiguous) or a new array."""
     x = np.ascontiguousarray(x, dtype=np.float32)
-    out = np.empty_like(x)
+    if out is None:
+        out = np.empty_like(x)
     n = int(np.prod(x.shape[x.ndim - axes:]))
     if x.size and n:
         kernel(x.reshape(-1, n), out.reshape(-1, n), *args)

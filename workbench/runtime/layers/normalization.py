@@ -8,7 +8,7 @@ two passes (mean, then the mean of squared deviations) so the variance never can
 import numpy as np
 
 from ...errors import ModelFormatError
-from ._base import fused, kernel, Kernel, same_shape
+from ._base import FRESH, fused, kernel, Kernel, same_shape
 
 CHANNEL_AXIS = -3
 SPATIAL_AXES = (-2, -1)
@@ -27,13 +27,14 @@ def _require_channels(layer, x, channels):
                          f"has {x.shape[CHANNEL_AXIS]} on axis -3 (shape {x.shape})")
 
 
-def _standardize(x, axes, eps, divide_by_std=True):
+def _standardize(x, axes, eps, divide_by_std=True, workspace=FRESH):
     """(x - mean) / sqrt(var + eps) over ``axes``, population variance (two passes: no cancellation).
-    Trailing axes (every case but batch-wide batchnorm statistics) take one compiled pass per row."""
+    Trailing axes (every case but batch-wide batchnorm statistics) take one compiled pass per row,
+    into the calling kernel's ``workspace``."""
     if axes == tuple(range(-len(axes), 0)):
         kernels = fused()
         return kernels.over_trailing_axes(kernels.standardize_rows, x, len(axes), float(eps),
-                                          bool(divide_by_std))
+                                          bool(divide_by_std), out=workspace.output(x.shape))
     centered = x - x.mean(axis=axes, keepdims=True)
     if not divide_by_std:
         return centered
@@ -94,7 +95,7 @@ class BatchNorm(Kernel):
             axes = SPATIAL_AXES
         else:
             axes = tuple(a for a in range(x.ndim) if a != x.ndim + CHANNEL_AXIS)
-        y = _standardize(x, axes, self.eps)
+        y = _standardize(x, axes, self.eps, workspace=self.workspace())
         y *= self.gamma
         y += self.beta
         return y
@@ -119,17 +120,19 @@ class MeanVarianceNormalize(Kernel):
 
     def compute(self, x):
         _require_rank(self, x, len(self.axes))
-        return _standardize(x, self.axes, self.eps, self.normalize_variance)
+        return _standardize(x, self.axes, self.eps, self.normalize_variance, self.workspace())
 
 
-def _softmax(x, axis):
-    """exp(x - max) / sum over ``axis``, one compiled pass per row of that axis moved last."""
+def _softmax(x, axis, workspace):
+    """exp(x - max) / sum over ``axis``, one compiled pass per row of that axis moved last, into
+    the calling kernel's ``workspace``."""
     kernels = fused()
     axis %= x.ndim
     if all(d == 1 for d in x.shape[axis + 1:]):          # already rows: no transpose
-        return kernels.over_trailing_axes(kernels.softmax_rows, x, x.ndim - axis)
+        return kernels.over_trailing_axes(kernels.softmax_rows, x, x.ndim - axis, out=workspace.output(x.shape))
     moved = np.moveaxis(x, axis, -1)
-    return np.moveaxis(kernels.over_trailing_axes(kernels.softmax_rows, moved, 1), -1, axis)
+    out = workspace.output(moved.shape)
+    return np.moveaxis(kernels.over_trailing_axes(kernels.softmax_rows, moved, 1, out=out), -1, axis)
 
 
 @kernel("softmax")
@@ -140,7 +143,7 @@ class Softmax(Kernel):
 
     def compute(self, x):
         _require_rank(self, x, 3)
-        return _softmax(x, CHANNEL_AXIS)
+        return _softmax(x, CHANNEL_AXIS, self.workspace())
 
 
 @kernel("softmaxND")
@@ -157,7 +160,7 @@ class SoftmaxND(Kernel):
         if not -x.ndim <= self.axis < x.ndim:
             raise ValueError(f"layer '{self.name}' (softmaxND): axis {self.axis} is out of range "
                              f"for an input of rank {x.ndim}")
-        return _softmax(x, self.axis)
+        return _softmax(x, self.axis, self.workspace())
 
 
 @kernel("l2normalize")
@@ -245,7 +248,7 @@ class LayerNormalization(Kernel):
             raise ValueError(f"layer '{self.name}' (layerNormalization): normalizedShape "
                              f"{list(self.normalized_shape)} does not match the trailing axes of "
                              f"the input shape {x.shape}")
-        y = _standardize(x, self.axes, self.eps)
+        y = _standardize(x, self.axes, self.eps, workspace=self.workspace())
         y *= self.gamma
         y += self.beta
         return y
