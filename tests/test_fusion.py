@@ -245,3 +245,27 @@ def test_a_chain_stays_a_layer_where_the_convolution_output_is_read_elsewhere():
     assert model.chains_in_convolutions == 0 and model.fused_chain_layers == 5
     y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), padding=1).numpy()
     close(model.predict({"data": x})["out"], torch_bn_relu6(y, params) + y)
+
+
+def test_a_batchnorm_after_a_3d_convolution_keeps_its_channels_on_axis_minus_3():
+    """A batchnorm reads channels on axis -3, which after a 3-D convolution is its depth; with
+    depth equal to the output channels, the chain must not run per output channel."""
+    c, depth = 4, 4
+    w = RNG.standard_normal((c, c, 1, 1, 1)).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, c, depth, 3, 3))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    b.add_convolution3d("conv", c, c, 1, 1, 1, w, None, False, input_name="data", output_name="conv_out")
+    gamma, beta, mean, var = bn_params(depth)
+    b.add_batchnorm("bn", depth, gamma, beta, mean=mean, variance=var, input_name="conv_out", output_name="bn_out",
+                    epsilon=1e-3)
+    b.add_activation("relu", "RELU", "bn_out", "out")
+    model = wb.load(b.spec)
+    assert model.chains_in_convolutions == 0 and model.fused_chain_layers == 2
+    x = RNG.standard_normal((1, c, depth, 3, 3)).astype(np.float32)
+    y = F.conv3d(torch.from_numpy(x), torch.from_numpy(w)).numpy()
+    # the batchnorm per depth index: torch's channels are axis 1, so move depth there and back
+    per_depth = F.batch_norm(torch.from_numpy(np.moveaxis(y, 2, 1).copy()), torch.from_numpy(mean),
+                             torch.from_numpy(var), torch.from_numpy(gamma), torch.from_numpy(beta), eps=1e-3)
+    got = model.predict({"data": x})["out"]
+    close(got, np.moveaxis(F.relu(per_depth).numpy(), 1, 2), atol=1e-5)
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))

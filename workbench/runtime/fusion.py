@@ -44,22 +44,30 @@ def fuse_activations(network, keep):
     flow = _blob_flow(network)
     if flow is None:
         return 0
-    readers, producers = flow
     fused = 0
     for index, step in enumerate(network.steps):
         bounds = _clamp_bounds(step)
-        if bounds is None:
-            continue
-        blob = step.inputs[0]
-        first, producer = producers.get(blob) or (index, None)      # a model input: no producer
-        if (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
-                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep
-                and not producer.kernel.deconv and producer.kernel.fused_clamp is None
-                and producer.kernel.fused_chain is None and producer.kernel.top_level):
-            producer.kernel.fused_clamp = bounds
+        conv = None if bounds is None else _convolution_before(network, index, flow, keep)
+        if conv is not None:
+            conv.fused_clamp = bounds
             step.passes_on = True
             fused += 1
     return fused
+
+
+def _convolution_before(network, index, flow, keep):
+    """The kernel of the convolution whose output step ``index`` reads, where nothing else reads
+    it, it is not kept, and the convolution has no fusion yet (and is no deconvolution); else None."""
+    readers, producers = flow
+    blob = network.steps[index].inputs[0]
+    first, producer = producers.get(blob) or (index, None)      # a model input: no producer
+    if not (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
+            and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep):
+        return None
+    conv = producer.kernel
+    if conv.deconv or not conv.top_level or conv.fused_clamp is not None or conv.fused_chain is not None:
+        return None
+    return conv
 
 
 def _clamp_bounds(step):
@@ -190,24 +198,15 @@ def fold_chains_into_convolutions(network, keep):
     flow = _blob_flow(network)
     if flow is None:
         return 0
-    readers, producers = flow
     folded = 0
     for index, step in enumerate(network.steps):
         chain = getattr(step, "chain", None)         # custom layers' steps have none
-        if chain is None:
-            continue
-        blob = step.inputs[0]
-        first, producer = producers.get(blob) or (index, None)
-        if not (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
-                and len(producer.outputs) == 1 and readers[blob] == 1 and blob not in keep):
-            continue
-        conv = producer.kernel
-        if (conv.deconv or not conv.top_level or conv.fused_clamp is not None or conv.fused_chain is not None
-                or chain.channels not in (0, conv.c_out)):
-            continue
-        conv.fused_chain = ConvolutionEpilogue(chain.operations, conv.c_out, conv.bias)
-        step.chain, step.passes_on = None, True
-        folded += 1
+        conv = None if chain is None else _convolution_before(network, index, flow, keep)
+        # a batchnorm's channels are axis -3: a 2-D convolution's output channels, a 3-D one's depth
+        if conv is not None and (chain.channels == 0 or (conv.rank == 2 and chain.channels == conv.c_out)):
+            conv.fused_chain = ConvolutionEpilogue(chain.operations, conv.c_out, conv.bias)
+            step.chain, step.passes_on = None, True
+            folded += 1
     return folded
 
 
