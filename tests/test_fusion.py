@@ -2,8 +2,8 @@
 
 References: torch (batch_norm, relu6, hardtanh) and the unfused run of the same layers, which
 ``trace`` computes layer by layer; each of those layers is tested against its own reference in
-test_layers_*.py. A fused chain must equal the unfused layers bit for bit, zero signs and NaN
-included. (The convolution's fused activation is tested in test_layers_conv.py.)
+test_layers_*.py. A fused chain must equal the unfused layers bit for bit, zero signs included,
+and give NaN where they do. (The convolution's fused activation is tested in test_layers_conv.py.)
 """
 import numpy as np
 import pytest
@@ -168,7 +168,9 @@ def test_rank5_blobs_take_their_channels_from_axis_minus_3():
     x = (RNG.standard_normal((2, 3, channels, 4, 5)) * 3).astype(np.float32)
     y = F.batch_norm(torch.from_numpy(x.reshape(6, channels, 4, 5)), *(torch.from_numpy(p) for p in
                      (mean, var, gamma, beta)), eps=1e-3)
-    close(model.predict({"data": x})["out"], F.hardtanh(y).numpy().reshape(x.shape))
+    got = model.predict({"data": x})["out"]
+    close(got, F.hardtanh(y).numpy().reshape(x.shape))
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
 
 
 def test_nothing_fuses_in_a_network_with_control_flow():
@@ -269,3 +271,57 @@ def test_a_batchnorm_after_a_3d_convolution_keeps_its_channels_on_axis_minus_3()
     got = model.predict({"data": x})["out"]
     close(got, np.moveaxis(F.relu(per_depth).numpy(), 1, 2), atol=1e-5)
     np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
+def test_a_clip_with_a_nan_bound_stays_a_layer():
+    """np.clip with a NaN bound gives NaN everywhere, which no chain operation reproduces."""
+    x = np.array([-1, 0.5, 3, 9], np.float32)
+    for low, high in ((np.nan, 6.0), (0.0, np.nan)):
+        b = NeuralNetworkBuilder([("data", datatypes.Array(4))], [("out", None)], disable_rank5_shape_mapping=True)
+        b.add_activation("relu", "RELU", "data", "a")
+        b.add_clip("clip", "a", "out", low, high)
+        model = wb.load(b.spec)
+        assert model.fused_chain_layers == 0
+        assert np.isnan(model.predict({"data": x})["out"]).all()
+
+
+def test_a_layer_reading_a_blob_before_it_is_rewritten_is_not_chained_to_its_writer():
+    """"relu" reads the model input "b"; "bn", after it, writes a blob named "b" too. The two are
+    no chain (relu must see the input), and a layer writing the blob it reads is no chain with
+    itself (planning it once looped forever)."""
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 2, 2, 2)), ("b", datatypes.Array(1, 2, 2, 2))],
+                             [("out", None), ("data2", None)], disable_rank5_shape_mapping=True)
+    b.add_activation("relu", "RELU", "b", "out")
+    b.add_batchnorm("bn", 2, np.ones(2), np.zeros(2), mean=np.zeros(2), variance=np.ones(2), input_name="data",
+                    output_name="b")
+    b.add_activation("self", "RELU", "data", "data")
+    b.add_activation("neg", "LINEAR", "data", "data2", params=[-1.0, 0.0])
+    model = wb.load(b.spec)
+    x, input_b = np.ones((1, 2, 2, 2), np.float32), -np.ones((1, 2, 2, 2), np.float32)
+    got = model.predict({"data": x, "b": input_b})
+    np.testing.assert_array_equal(got["out"], np.zeros_like(x))
+    np.testing.assert_array_equal(got["data2"], -x)
+
+
+def test_special_values_through_a_batchnorm_and_a_strided_input_match_the_layers():
+    """Per-channel parameters with infinities and NaN around them, on a non-contiguous input
+    (a transposed blob), against the layers one by one: equal bits, or NaN where they give NaN
+    (which NaN numpy returns depends on its loop, so only NaN-ness is compared)."""
+    channels = 5
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 7, channels, 9))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    b.add_transpose("t", (0, 2, 1, 3), "data", "moved")              # [1, C, 7, 9], not contiguous
+    gamma = np.array([1, -2, 0, 3e38, 0.5], np.float32)
+    beta = np.array([0, np.inf, -1, 1, -0.0], np.float32)
+    b.add_batchnorm("bn", channels, gamma, beta, mean=np.zeros(channels), variance=np.ones(channels),
+                    input_name="moved", output_name="bn_out", epsilon=1e-5)
+    tf_relu6(b, "bn_out", "out", "r6")
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers == 5
+    specials = np.array([np.nan, np.inf, -np.inf, 0.0, -0.0, 1e-45, -1e-45, 6.0, -6.0], np.float32)
+    x = RNG.standard_normal((1, 7, channels, 9)).astype(np.float32) * 5
+    x[0, :, :, :] = np.where(RNG.random(x.shape[1:]) < 0.3, RNG.choice(specials, x.shape[1:]), x[0])
+    got, unfused = model.predict({"data": x})["out"], model.trace({"data": x})["out"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(unfused))
+    numbers = ~np.isnan(unfused)
+    np.testing.assert_array_equal(bits(got[numbers]), bits(unfused[numbers]))

@@ -99,17 +99,20 @@ def fuse_pointwise_chains(network, keep):
         for name in step.inputs:
             reader[name] = index
     taken = 0
-    for step in network.steps:
+    for index, step in enumerate(network.steps):
         ops = _operations(step)
         if ops is None or step.passes_on:
             continue
-        links, channels = [step], ops[1]
+        links, channels, last = [step], ops[1], index
         program = list(ops[0])
         while True:
             blob = links[-1].outputs[0]
             if readers[blob] != 1 or blob in keep or producers.get(blob) is None:
                 break
-            following = network.steps[reader[blob]]
+            if reader[blob] <= last:
+                break                    # read before it is written: a model input's name, rewritten
+            last = reader[blob]
+            following = network.steps[last]
             more = _operations(following)
             if more is None or following.inputs[0] != blob:
                 break
@@ -143,7 +146,7 @@ def _operations(step):
     if step.kind == "unary" and k.operation == "THRESHOLD":
         ops = [("AFFINE", k.scale, k.shift)] if k.scale != 1 or k.shift != 0 else []
         return ops + [("MAXIMUM", k.alpha, np.float32(0))], 0
-    if step.kind == "clip":
+    if step.kind == "clip" and not (np.isnan(k.low) or np.isnan(k.high)):   # np.clip: all NaN
         return [("CLIP", k.low, k.high)], 0
     return None
 

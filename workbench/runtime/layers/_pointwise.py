@@ -6,7 +6,8 @@ the chain's operations run one after the other on a block of a row at a time, wh
 is in L1, so memory is read once and written once.
 
 Each operation computes exactly what its own layer's numpy pass computes, so a fused chain's
-output is bit for bit the unfused one (zeros' signs and NaN included):
+output is bit for bit the unfused one, zeros' signs included, and NaN where it is NaN (when two
+NaN meet, which one numpy returns depends on the loop it takes, so a NaN's sign may differ):
 
 - ``AFFINE``: ``v * a + b`` rounded twice, as ``np.multiply`` then ``+=`` (no fast-math flags
   here at all: contraction to one FMA would round once);
