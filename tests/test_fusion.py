@@ -325,3 +325,80 @@ def test_special_values_through_a_batchnorm_and_a_strided_input_match_the_layers
     np.testing.assert_array_equal(np.isnan(got), np.isnan(unfused))
     numbers = ~np.isnan(unfused)
     np.testing.assert_array_equal(bits(got[numbers]), bits(unfused[numbers]))
+
+
+# ---------------------------------------------------------------- MVN and scale (a LayerNorm)
+
+def mvn_scale_model(shape, across, variance, scale_shape, bias_shape, outputs=(("out", None),), extra=None):
+    c, h, w = shape[-3:]
+    full = {"1": (1,), "C": (c,), "1HW": (1, h, w), "CHW": (c, h, w)}
+    scale = RNG.uniform(0.5, 2, full[scale_shape]).astype(np.float32)
+    bias = None if bias_shape is None else RNG.standard_normal(full[bias_shape]).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*shape))], list(outputs), disable_rank5_shape_mapping=True)
+    b.add_mvn("norm", "data", "normed", across_channels=across, normalize_variance=variance, epsilon=1e-5)
+    b.add_scale("affine", scale, bias, bias is not None, "normed", "out", shape_scale=full[scale_shape],
+                shape_bias=full[bias_shape or "1"])
+    if extra:
+        extra(b)
+    return wb.load(b.spec), scale, bias
+
+
+def torch_mvn_scale(x, across, variance, scale, bias):
+    t = torch.from_numpy(x)
+    axes = (-3, -2, -1) if across else (-2, -1)
+    centered = t - t.mean(dim=axes, keepdim=True)
+    if variance:
+        centered = F.layer_norm(t, t.shape[-len(axes):], eps=1e-5)
+    y = centered * torch.from_numpy(scale.reshape(scale.shape if scale.ndim == 3 else (-1, 1, 1)))
+    if bias is not None:
+        y = y + torch.from_numpy(bias.reshape(bias.shape if bias.ndim == 3 else (-1, 1, 1)))
+    return y.numpy()
+
+
+@pytest.mark.parametrize("across", [False, True])
+@pytest.mark.parametrize("variance", [True, False])
+@pytest.mark.parametrize("scale_shape, bias_shape", [("1HW", "1HW"), ("C", "C"), ("CHW", None), ("1", "CHW")])
+def test_mvn_and_scale_are_one_pass_equal_to_torch_and_to_the_layers(across, variance, scale_shape, bias_shape):
+    shape = (2, 3, 4, 50)
+    model, scale, bias = mvn_scale_model(shape, across, variance, scale_shape, bias_shape)
+    assert model.fused_layer_norms == 1
+    x = (RNG.standard_normal(shape) * 3 + 1).astype(np.float32)
+    for _ in range(2):
+        got = model.predict({"data": x})["out"]
+        close(got, torch_mvn_scale(x, across, variance, scale, bias), atol=1e-5)
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
+def test_the_transformer_layer_norm_shape_and_special_rows():
+    """[1, T, 1, D] as converters reshape a LayerNorm's input: rows of D positions, one scale per
+    position; a row with an inf or NaN, and a constant row (variance 0), as the layers give them."""
+    shape = (1, 6, 1, 16)
+    model, scale, bias = mvn_scale_model(shape, False, True, "1HW", "1HW")
+    x = RNG.standard_normal(shape).astype(np.float32)
+    x[0, 1, 0, 3], x[0, 2, 0, 5], x[0, 3] = np.inf, np.nan, 2.5
+    got, unfused = model.predict({"data": x})["out"], model.trace({"data": x})["out"]
+    np.testing.assert_array_equal(np.isnan(got), np.isnan(unfused))
+    np.testing.assert_array_equal(bits(got[~np.isnan(got)]), bits(unfused[~np.isnan(unfused)]))
+    close(got[0, [0, 4, 5]], torch_mvn_scale(x, False, True, scale, bias)[0, [0, 4, 5]], atol=1e-5)
+
+
+def test_mvn_and_scale_stay_apart_where_the_normalized_blob_is_read_twice():
+    def extra(b):
+        b.add_elementwise("twice", ["normed", "out"], "sum", "ADD")
+    model, scale, bias = mvn_scale_model((1, 2, 3, 4), False, True, "C", "C", [("out", None), ("sum", None)], extra)
+    assert model.fused_layer_norms == 0
+
+
+def test_a_scale_the_input_does_not_fit_fails_naming_the_scale_layer():
+    """A flexible input whose channels no longer match the scale's [C] parameters runs both layers
+    as written: the scale layer's own error names it."""
+    model_spec_shape = (1, 3, 2, 2)
+    model, scale, bias = mvn_scale_model(model_spec_shape, False, True, "C", "C")
+    spec = model.spec
+    fsu.set_multiarray_ndshape_range(spec, "data", lower_bounds=[1, 1, 2, 2], upper_bounds=[1, 8, 2, 2])
+    model = wb.load(spec)
+    assert model.fused_layer_norms == 1
+    with pytest.raises(WorkbenchError, match="affine"):
+        model.predict({"data": np.ones((1, 4, 2, 2), np.float32)})
+    x = RNG.standard_normal(model_spec_shape).astype(np.float32)
+    np.testing.assert_array_equal(bits(model.predict({"data": x})["out"]), bits(model.trace({"data": x})["out"]))

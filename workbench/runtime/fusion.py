@@ -230,3 +230,91 @@ class ConvolutionEpilogue:
             rows = y.reshape(y.shape[0] * y.shape[1], -1)
             _pointwise.chain_rows_in_place(rows, p.codes, p.a, p.b)
         return y
+
+
+# ---------------------------------------------------------------- mean-variance normalization and scale
+
+def fuse_layer_norms(network, keep):
+    """Make each MVN followed by a scale layer (a LayerNorm: converters write it as the two) one
+    pass over each row (``_pointwise.standardize_scale_rows``): the MVN computes both, the scale
+    layer passes the array on. Returns how many pairs were fused."""
+    flow = _blob_flow(network)
+    if flow is None:
+        return 0
+    readers, producers = flow
+    reader = {}
+    for index, step in enumerate(network.steps):
+        for name in step.inputs:
+            reader[name] = index
+    fused = 0
+    for index, step in enumerate(network.steps):
+        if step.kind != "mvn" or not _single_flow(step):
+            continue
+        blob = step.outputs[0]
+        if readers[blob] != 1 or blob in keep or producers.get(blob) is None or reader[blob] <= index:
+            continue
+        scale = network.steps[reader[blob]]
+        if scale.kind == "scale" and _single_flow(scale):
+            step.chain = NormalizeAndScale(step, scale)
+            scale.passes_on = True
+            fused += 1
+    return fused
+
+
+class NormalizeAndScale:
+    """What an MVN fused with the scale layer after it computes in predict. The scale layer's
+    parameters ([1], [C], [1, H, W] or [C, H, W]) are laid out once per input shape as rows of
+    the MVN's rows ([C, H * W] or [1, H * W] per channel plane, [1, C * H * W] across channels).
+    An input either layer cannot take runs both as written, so that layer's own error names it."""
+
+    def __init__(self, mvn, scale):
+        from .layers import _pointwise          # noqa: F401  (numba's import at load)
+        self.mvn, self.scale = mvn, scale
+        self._rows = {}                            # input's [C, H, W] -> (scale rows, bias rows)
+
+    def run(self, head, scope):
+        x = scope[head.inputs[0]]
+        layout = self._layout(x)
+        if layout is None:
+            self.mvn.run_as_written(scope)
+            self.scale.run_as_written(scope)
+            return
+        from .layers import _pointwise
+        k = self.mvn.kernel
+        x = np.ascontiguousarray(x, dtype=np.float32)
+        out = k.workspace().output(x.shape)
+        if x.size:
+            n = int(np.prod(x.shape[-len(k.axes):]))
+            _pointwise.standardize_scale_rows(x.reshape(-1, n), out.reshape(-1, n), float(k.eps),
+                                              bool(k.normalize_variance), *layout)
+        scope[head.outputs[0]] = out
+
+    def _layout(self, x):
+        """(scale rows, bias rows) for this input, or None where it does not fit both layers."""
+        if x.ndim < 3:
+            return None
+        chw = tuple(x.shape[-3:])
+        if chw not in self._rows:
+            self._rows[chw] = self._lay_out(chw)
+        return self._rows[chw]
+
+    def _lay_out(self, chw):
+        s = self.scale.kernel
+        params = [s.scale] + ([] if s.bias is None else [s.bias])
+        if any(isinstance(p, np.ndarray) and any(d not in (1, size) for d, size in zip(p.shape, chw))
+               for p in params):
+            return None                            # the scale layer's own check names the mismatch
+        across = len(self.mvn.kernel.axes) == 3
+        rows = []
+        for p in params:                           # a number, or [C', H', W'] (see _chw_param)
+            full = np.broadcast_to(p, chw)
+            if across:
+                laid = full.reshape(1, -1)
+            elif np.ndim(p) and p.shape[0] != 1:
+                laid = full.reshape(chw[0], -1)    # one row per channel: row r is channel r % C
+            else:
+                laid = full[0].reshape(1, -1)
+            rows.append(np.ascontiguousarray(laid, dtype=np.float32))
+        if len(rows) == 1:
+            rows.append(np.zeros((0, rows[0].shape[1]), np.float32))
+        return tuple(rows)

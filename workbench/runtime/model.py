@@ -8,7 +8,7 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
                       UnsupportedLayerError, WorkbenchError)
 from . import spec as specmod
 from .features import FeatureIO
-from .fusion import fold_chains_into_convolutions, fuse_activations, fuse_pointwise_chains
+from .fusion import fold_chains_into_convolutions, fuse_activations, fuse_layer_norms, fuse_pointwise_chains
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
 from .plan import Planner, RunState
 from .live import LiveImplementations
@@ -92,6 +92,7 @@ class Model(WholeSpecMixin, LiveImplementations):
         self.fused_chain_layers = fuse_pointwise_chains(self.network, keep)
         self.chains_in_convolutions = fold_chains_into_convolutions(self.network, keep)
         self.fused_activations = fuse_activations(self.network, keep)
+        self.fused_layer_norms = fuse_layer_norms(self.network, keep)
 
     def _bind_implementations(self):
         for step in self._custom_steps:

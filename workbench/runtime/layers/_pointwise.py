@@ -19,6 +19,8 @@ NaN meet, which one numpy returns depends on the loop it takes, so a NaN's sign 
 import numpy as np
 from numba import njit
 
+from ._fused import _squared_deviation64, _sum64
+
 AFFINE, MAXIMUM, CLIP = 0, 1, 2
 BLOCK = 2048            # elements of a row per block: 8 KB, in L1 while every operation runs
 
@@ -74,3 +76,29 @@ def _apply(code, p, q, src, dst):
             v = src[k]
             v = p if v < p else v
             dst[k] = q if v > q else v
+
+
+@_exact
+def standardize_scale_rows(x, out, eps, divide_by_std, scale, bias):
+    """A mean-variance normalization and the scale layer after it (a LayerNorm, as converters
+    write it), one row at a time: out[r] = ((x[r] - mean) * inv) * scale[r % S] + bias[r % B],
+    where mean and inv are ``_fused.standardize_rows``' own, from the same compiled functions,
+    and each product and sum rounds as the two layers' numpy passes do (``bias`` has no rows
+    when the scale layer has none)."""
+    for r in range(x.shape[0]):
+        row, dst = x[r], out[r]
+        n = row.size
+        mean = _sum64(row) / n
+        if divide_by_std:
+            inv = np.float32(1.0 / np.sqrt(_squared_deviation64(row, mean) / n + eps))
+        else:
+            inv = np.float32(1)
+        m32 = np.float32(mean)
+        s = scale[r % scale.shape[0]]
+        if bias.shape[0]:
+            b = bias[r % bias.shape[0]]
+            for k in range(n):
+                dst[k] = ((row[k] - m32) * inv) * s[k] + b[k]
+        else:
+            for k in range(n):
+                dst[k] = ((row[k] - m32) * inv) * s[k]
