@@ -72,10 +72,8 @@ class ClassicElementwise(_Elementwise):
     def compute(self, *inputs):
         if len(inputs) == 1:
             x = inputs[0]
-            if self.kind == "add":
-                return x + self.alpha
-            if self.kind == "multiply":
-                return x * self.alpha
+            if self.kind in ("add", "multiply"):
+                return self.ufunc(x, self.alpha, out=self.workspace().output(x.shape))
             return x.copy()
         self.check_broadcast(*inputs)
         out = _fold(self.ufunc, inputs, self.workspace())
