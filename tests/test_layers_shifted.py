@@ -71,6 +71,47 @@ def test_few_output_channels_take_the_shifted_path_and_match_torch(batch, c_in, 
     assert took_shifted_path(model)
 
 
+@pytest.mark.parametrize("c_in, c_out, kernel, stride, dilation, size, pads", [
+    (9, 9, (3, 3), (2, 2), (1, 1), (40, 31), (1, 1, 1, 1)),   # a style-transfer net's downsampling layer
+    (3, 8, (9, 9), (2, 2), (1, 1), (37, 42), (4, 4, 4, 4)),
+    (5, 4, (3, 5), (2, 3), (1, 1), (23, 29), (0, 2, 1, 3)),   # strides differ; asymmetric pads
+    (4, 6, (3, 3), (2, 2), (2, 3), (25, 26), (2, 2, 3, 3)),   # dilation with stride: taps in both phases
+    (6, 3, (2, 2), (3, 3), (1, 1), (19, 20), (0, 1, 0, 2)),   # stride past the kernel: unread phases
+    (7, 2, (4, 1), (2, 1), (1, 1), (30, 11), (1, 2, 0, 0)),   # one axis strided
+])
+def test_strided_convolutions_sum_shifted_products_of_stride_phases(c_in, c_out, kernel, stride, dilation,
+                                                                   size, pads):
+    r = np.random.default_rng(c_in * 10 + c_out)
+    w = (r.standard_normal((c_out, c_in) + kernel) / np.sqrt(c_in * np.prod(kernel))).astype(np.float32)
+    bias = r.standard_normal(c_out).astype(np.float32)
+    x = r.standard_normal((2, c_in) + size).astype(np.float32)
+    model = conv_model(w, x.shape, bias=bias, stride=stride, dilation=dilation, pads=pads)
+    assert conv_kernel(model).shifted is not None
+    xt = F.pad(t(x), (pads[2], pads[3], pads[0], pads[1]))
+    expected = F.conv2d(xt, t(w), t(bias), stride=stride, dilation=dilation).numpy()
+    for _ in range(2):
+        np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
+
+
+def test_a_strided_3d_convolution_takes_phases_along_every_axis():
+    r = np.random.default_rng(8)
+    c_in, c_out, k = 3, 4, (3, 3, 2)
+    w = r.standard_normal((c_out, c_in) + k).astype(np.float32)
+    x = r.standard_normal((1, c_in, 7, 12, 9)).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)],
+                             disable_rank5_shape_mapping=True)
+    b.add_convolution3d(name="conv3d", input_channels=c_in, output_channels=c_out, depth=k[0], height=k[1],
+                        width=k[2], W=w, b=None, has_bias=False, groups=1, stride_depth=2, stride_height=3,
+                        stride_width=2, padding_mode="custom", padding_front=1, padding_back=1, padding_top=0,
+                        padding_bottom=2, padding_left=1, padding_right=0, input_name="data", output_name="out")
+    model = wb.load(b.spec)
+    assert next(s.kernel for s in model.network.steps).shifted is not None
+    expected = F.conv3d(F.pad(t(x), (1, 0, 0, 2, 1, 1)), t(w), stride=(2, 3, 2)).numpy()
+    np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
+    assert took_shifted_path(model)
+
+
 def test_a_small_map_under_wide_padding_takes_im2col():
     """A 9x9 kernel on a 5x4 map padded by 4: the rows computed in full would be mostly padding."""
     r = np.random.default_rng(8)
@@ -147,7 +188,7 @@ def test_same_padding(asym):
 
 @pytest.mark.parametrize("c_out, stride, groups, kernel, why", [
     (17, (1, 1), 1, (3, 3), "more output channels than it takes"),
-    (4, (2, 1), 1, (3, 3), "a stride"),
+    (16, (2, 2), 1, (3, 3), "strided, from 4 input channels into more than 8 outputs"),
     (4, (1, 1), 2, (3, 3), "groups"),
     (4, (1, 1), 1, (1, 1), "a 1x1 kernel, which needs no columns"),
 ])

@@ -454,18 +454,19 @@ def depthwise_taps(phases, tap_phase, tap_offset, w, bias, out, low, high, relu)
 
 
 @_jit
-def shifted_taps(product, planes, w_taps, offsets, wide, block):
-    """wide[i, :, p] += sum over taps t of w_taps[t] @ planes[i, :, offsets[t] + p], a block of
-    positions p at a time (every tap over one block, then the next): a convolution with few
-    output channels (_shifted.py), each tap's product by ``_gemm``'s at the address ``product``."""
+def shifted_taps(product, planes, w_taps, tap_rows, offsets, wide, block):
+    """wide[i, :, p] += sum over taps t of w_taps[t] @ planes[i, rows of t, offsets[t] + p], a
+    block of positions p at a time (every tap over one block, then the next): a convolution with
+    few output channels (_shifted.py), each tap's product by ``_gemm``'s at the address
+    ``product``. Tap t reads the C_in planes from row tap_rows[t] on (its stride phase's)."""
     images, c_out, positions = wide.shape
-    channels, stride = planes.shape[1], planes.shape[2]
+    channels, stride = w_taps.shape[2], planes.shape[2]
     for i in range(images):
         src, dst = planes[i], wide[i]
         for start in range(0, positions, block):
             count = min(block, positions - start)
             for t in range(offsets.size):
-                call_product(product, w_taps[t], channels, 1, src[:, offsets[t] + start:], stride,
+                call_product(product, w_taps[t], channels, 1, src[tap_rows[t]:, offsets[t] + start:], stride,
                              dst[:, start:], positions, c_out, count, channels)
 
 

@@ -5,13 +5,19 @@ hands BLAS a product of C_out rows. With few output channels that product is mos
 traffic, and the columns can dwarf the image: a style-transfer net's last layer (64 -> 3
 channels, 9x9, 320x320) built 2.1 GB of columns and ran at 6 GFLOP/s (545 ms).
 
-Here, for a stride-1 convolution, each padded channel plane is flattened and outputs are computed
+Here each padded channel plane is flattened and outputs are computed
 over the full padded row width (the extra columns are dropped at the end, as in _depthwise.py).
 Tap (dy, dx) then reads one contiguous slice of every plane, starting dy * row + dx further on,
 so out_wide [C_out, positions] += W_tap [C_out, C_in] @ planes[:, offset:] is a product of a few
 rows over a strided operand: ``_gemm``'s product, which keeps a tile of the output in registers
 while it walks the channels. Positions go a block at a time, so a block's slices of every plane
 stay in cache across the taps. The same layer takes 54 ms in its model and no columns.
+
+A strided convolution first splits each padded plane into its stride phases (rows and columns
+of one remainder modulo the stride, as _depthwise.py does): tap (dy, dx) then reads, at stride 1,
+the phase of (dy mod s, dx mod s) from (dy div s, dx div s) on, so every tap is again one
+contiguous slice, of its phase's planes. A 9 -> 9 channel 3x3 layer at stride 2 on 640x480 ran
+at 8 GFLOP/s through im2col.
 
 Each plane gets a zero tail: the last taps of the last plane read past its end, into outputs that
 are dropped. Sums run in float32, tap by tap, as im2col's product does over its columns.
@@ -24,13 +30,18 @@ from ._base import FRESH, fused, gemm
 
 MAX_OUTPUTS = 16          # output channels: more, and im2col's BLAS product is as fast (64: a tie)
 BLOCK = 2048              # positions a block: its slices of 64 planes and the 9x9 reach fit in L2
+# strided: splitting the phases costs a pass over the image, which a short product (3 or 4 input
+# channels into 16 outputs, 224x224: 0.91 vs 0.78 ms) does not win back; 8 -> 16: 1.56 vs 1.77 ms,
+# 9 -> 9 at 320x320: 2.79 vs 3.94 ms, 32 -> 8: 4.19 vs 6.42 ms
+STRIDED_MIN_INPUTS, STRIDED_FEW_OUTPUTS = 8, 8
 
 
-def eligible(kernel_sizes, strides, groups, c_out):
-    """Whether a convolution takes this path: stride 1, one group, a kernel larger than 1x1 (1x1
-    needs no columns), few output channels."""
-    return (groups == 1 and all(s == 1 for s in strides) and math.prod(kernel_sizes) > 1
-            and c_out <= MAX_OUTPUTS)
+def eligible(kernel_sizes, strides, groups, c_in, c_out):
+    """Whether a convolution takes this path: one group, a kernel larger than 1x1 (1x1 needs no
+    columns), few output channels; strided, also enough input channels or very few outputs."""
+    if groups != 1 or math.prod(kernel_sizes) == 1 or c_out > MAX_OUTPUTS:
+        return False
+    return all(s == 1 for s in strides) or c_in >= STRIDED_MIN_INPUTS or c_out <= STRIDED_FEW_OUTPUTS
 
 
 def tap_weights(wmat, channels, kernel_sizes):
@@ -41,51 +52,67 @@ def tap_weights(wmat, channels, kernel_sizes):
     return np.ascontiguousarray(wmat.reshape(c_out, channels, taps).transpose(2, 0, 1))
 
 
-def worthwhile(in_sizes, pads, out_sizes):
+def worthwhile(in_sizes, pads, strides, out_sizes):
     """Whether the outputs computed past each row's end and dropped stay fewer than the kept ones:
     on a small map with wide padding (a 9x9 kernel on 5x5) most of the work would be padding."""
-    padded = _padded(in_sizes, pads)
-    return math.prod(padded[1:]) <= 2 * math.prod(out_sizes[1:])
+    phase = _phase_sizes(in_sizes, pads, strides)
+    return math.prod(phase[1:]) <= 2 * math.prod(out_sizes[1:])
 
 
-def buffer_shapes(batch, channels, c_out, in_sizes, pads, kernel_sizes, dilations, out_sizes):
+def buffer_shapes(batch, channels, c_out, in_sizes, pads, strides, kernel_sizes, dilations, out_sizes):
     """The two scratch arrays ``shifted_forward`` allocates (checked against the limits first):
-    the padded planes with their tail, and the outputs over full padded rows."""
-    padded = _padded(in_sizes, pads)
-    tail = _tail(padded, kernel_sizes, dilations)
-    return (batch, channels, math.prod(padded) + tail), (batch, c_out, out_sizes[0] * math.prod(padded[1:]))
+    the padded planes of every stride phase with their tail, and the outputs over full rows."""
+    phase = _phase_sizes(in_sizes, pads, strides)
+    wide = out_sizes[0] * math.prod(phase[1:])
+    reach = max(_offsets(phase, strides, kernel_sizes, dilations)[1])
+    tail = max(0, wide + reach - math.prod(phase))
+    return (batch, math.prod(strides) * channels, math.prod(phase) + tail), (batch, c_out, wide)
 
 
-def shifted_forward(x, w_taps, kernel_sizes, dilations, pads, out_sizes, workspace=FRESH):
-    """x [N, C_in, *spatial] float32, C-contiguous -> [N, C_out, *out] (stride 1), without bias."""
+def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes, workspace=FRESH):
+    """x [N, C_in, *spatial] float32, C-contiguous -> [N, C_out, *out], without bias."""
     n, channels = x.shape[:2]
     c_out = w_taps.shape[1]
-    padded = _padded(x.shape[2:], pads)
-    steps = _row_major_steps(padded)                 # elements per step along each padded axis
-    offsets = np.array([sum(o * d * s for o, d, s in zip(tap, dilations, steps))
-                        for tap in np.ndindex(*kernel_sizes)], np.int64)
-    planes_shape, wide_shape = buffer_shapes(n, channels, c_out, x.shape[2:], pads, kernel_sizes, dilations,
-                                             out_sizes)
-    plane = math.prod(padded)
+    in_sizes = x.shape[2:]
+    phase = _phase_sizes(in_sizes, pads, strides)
+    phases, offsets = _offsets(phase, strides, kernel_sizes, dilations)
+    planes_shape, wide_shape = buffer_shapes(n, channels, c_out, in_sizes, pads, strides, kernel_sizes,
+                                             dilations, out_sizes)
+    plane = math.prod(phase)
     planes = workspace.scratch("shifted planes", planes_shape, fill=0.0)
-    interior = tuple(slice(b, b + s) for s, (b, _) in zip(x.shape[2:], pads))
-    planes[:, :, :plane].reshape((n, channels) + padded)[(Ellipsis,) + interior] = x
+    for index, remainders in enumerate(np.ndindex(*strides)):
+        # input positions y with (before + y) % s == r land in phase r at (before + y) // s
+        first = [(r - b) % s for r, (b, _), s in zip(remainders, pads, strides)]
+        source = x[(Ellipsis,) + tuple(slice(f, None, s) for f, s in zip(first, strides))]
+        at = tuple(slice((b + f) // s, (b + f) // s + size)
+                   for f, (b, _), s, size in zip(first, pads, strides, source.shape[2:]))
+        target = planes[:, index * channels:(index + 1) * channels, :plane].reshape((n, channels) + phase)
+        target[(Ellipsis,) + at] = source
+    tap_rows = np.array([p * channels for p in phases], np.int64)
     wide = workspace.scratch("shifted outputs", wide_shape, fill=0.0)
-    fused().shifted_taps(gemm().ADDRESS, planes, w_taps, offsets, wide, BLOCK)
+    fused().shifted_taps(gemm().ADDRESS, planes, w_taps, tap_rows, offsets, wide, BLOCK)
     kept = (Ellipsis,) + tuple(slice(0, o) for o in out_sizes[1:])
     out = workspace.output((n, c_out) + tuple(out_sizes))
-    np.copyto(out, wide.reshape((n, c_out, out_sizes[0]) + padded[1:])[kept])
+    np.copyto(out, wide.reshape((n, c_out, out_sizes[0]) + phase[1:])[kept])
     return out
 
 
-def _padded(in_sizes, pads):
-    return tuple(int(s + b + a) for s, (b, a) in zip(in_sizes, pads))
+def _phase_sizes(in_sizes, pads, strides):
+    """Each stride phase's extent per axis: the padded size divided by the stride, rounded up
+    (the padded plane itself at stride 1)."""
+    return tuple(-(-(s + b + a) // st) for s, (b, a), st in zip(in_sizes, pads, strides))
 
 
-def _tail(padded, kernel_sizes, dilations):
-    """How far past its plane the last tap reads, for the last outputs of the last row (dropped)."""
-    steps = _row_major_steps(padded)
-    return sum((k - 1) * d * s for k, d, s in zip(kernel_sizes[1:], dilations[1:], steps[1:]))
+def _offsets(phase, strides, kernel_sizes, dilations):
+    """(phase index, offset into that phase's flattened plane) of every tap, in the weights' tap
+    order: tap t along an axis reaches t * dilation = stride * q + r, phase r, q rows on."""
+    steps = _row_major_steps(phase)
+    phases, offsets = [], []
+    for tap in np.ndindex(*kernel_sizes):
+        reach = [t * d for t, d in zip(tap, dilations)]
+        phases.append(int(np.ravel_multi_index([r % s for r, s in zip(reach, strides)], strides)))
+        offsets.append(sum((r // s) * step for r, s, step in zip(reach, strides, steps)))
+    return phases, np.array(offsets, np.int64)
 
 
 def _row_major_steps(shape):

@@ -109,7 +109,7 @@ class _ConvolutionBase(Kernel):
                 self.weights(weights, "weights", count)
             self.wmat, self.depthwise = self._layout(flat)
             if not self.deconv and not self.depthwise and _shifted.eligible(
-                    self.kernel_sizes, self.strides, self.groups, self.c_out):
+                    self.kernel_sizes, self.strides, self.groups, self.kernel_channels, self.c_out):
                 self.shifted = _shifted.tap_weights(self.wmat, self.kernel_channels, self.kernel_sizes)
                 fused(), gemm()             # numba's import at load, not at the first prediction
         self.winograd = None
@@ -243,8 +243,8 @@ class _ConvolutionBase(Kernel):
                 bias = None if self.bias is None else self.bias.reshape(-1)
                 y = winograd_forward(xb, self.winograd, pads, outs, bias, self.workspace(), clamp)
             elif self._shifted_for(in_sizes, pads, outs):
-                y, biased = _shifted.shifted_forward(xb, self.shifted, self.kernel_sizes, self.dilations, pads,
-                                                     outs, self.workspace()), False
+                y, biased = _shifted.shifted_forward(xb, self.shifted, self.kernel_sizes, self.strides,
+                                                     self.dilations, pads, outs, self.workspace()), False
             else:
                 y, biased = conv_forward(xb, wmat, self.kernel_sizes, self.groups, self.strides, self.dilations,
                                          pads, outs, self.workspace()), False
@@ -279,7 +279,7 @@ class _ConvolutionBase(Kernel):
     def _shifted_for(self, in_sizes, pads, outs):
         """Whether this call sums shifted products (_shifted.py): planned for it, and not on a map
         so small that padding would be most of the work."""
-        return self.shifted is not None and _shifted.worthwhile(in_sizes, pads, outs)
+        return self.shifted is not None and _shifted.worthwhile(in_sizes, pads, self.strides, outs)
 
     def _check_sizes(self, outs, shape, pads=None):
         if any(o < 1 for o in outs):
@@ -291,7 +291,7 @@ class _ConvolutionBase(Kernel):
         in_sizes = tuple(shape[-self.rank:])
         if not self.deconv and pads is not None and self._shifted_for(in_sizes, pads, outs):
             for buffer in _shifted.buffer_shapes(lead, shape[-self.rank - 1], self.c_out, in_sizes, pads,
-                                                 self.kernel_sizes, self.dilations, outs):
+                                                 self.strides, self.kernel_sizes, self.dilations, outs):
                 self.check_shape(buffer, "shifted-products buffer")
             return
         if self.deconv:          # conv_transpose's columns: [N, C_out * kernel, *input sizes]
