@@ -6,24 +6,43 @@ passes over memory, with the same result bit for bit. Only top-level layers take
 where every blob passed between them has one reader and is not a model output (``keep``).
 Networks with control flow are left alone: their nested networks read blobs by name.
 """
-from collections import Counter
+from collections import Counter, namedtuple
 
 import numpy as np
 
 from .plan import BuiltinStep
 
 
+def fuse(network, keep):
+    """Every fusion, in its order (a chain goes to its convolution before a lone activation can),
+    over one reading of the blob flow: {fusion: how many it made}."""
+    flow = _blob_flow(network)
+    counts = {"chain layers": 0, "chains in convolutions": 0, "activations": 0, "layer norms": 0}
+    if flow is not None:                      # control flow: nested networks read blobs by name
+        counts["chain layers"] = fuse_pointwise_chains(network, keep, flow)
+        counts["chains in convolutions"] = fold_chains_into_convolutions(network, keep, flow)
+        counts["activations"] = fuse_activations(network, keep, flow)
+        counts["layer norms"] = fuse_layer_norms(network, keep, flow)
+    return counts
+
+
+Flow = namedtuple("Flow", "readers producers reader")
+
+
 def _blob_flow(network):
-    """(readers, producers): how many layers read each blob, and (index, step) of the one layer
-    that writes it (None for a blob written twice), or None where control flow forbids fusing."""
+    """How many layers read each blob (``readers``), (index, step) of the one layer that writes
+    it (``producers``; None for a blob written twice) and the index of its last reader
+    (``reader``); None where a layer runs nested networks."""
     if any(getattr(getattr(step, "kernel", None), "uses_scope", False) for step in network.steps):
         return None
-    readers, producers = Counter(), {}
+    readers, producers, reader = Counter(), {}, {}
     for index, step in enumerate(network.steps):
         readers.update(step.inputs)
+        for name in step.inputs:
+            reader[name] = index
         for name in step.outputs:
             producers[name] = None if name in producers else (index, step)   # written twice: leave it
-    return readers, producers
+    return Flow(readers, producers, reader)
 
 
 def _single_flow(step):
@@ -36,14 +55,11 @@ def _single_flow(step):
 FUSABLE = ("convolution", "convolution3d")
 
 
-def fuse_activations(network, keep):
+def fuse_activations(network, keep, flow):
     """Fold each ReLU or clip into the convolution that produces its input: in predict the
     convolution clamps its outputs as it writes them (in its compiled loops, or with its bias in
     one pass) and the activation passes them on, one pass over memory instead of two. Call last:
     a chain of layers after a convolution goes to it first. Returns how many were fused."""
-    flow = _blob_flow(network)
-    if flow is None:
-        return 0
     fused = 0
     for index, step in enumerate(network.steps):
         bounds = _clamp_bounds(step)
@@ -58,7 +74,7 @@ def fuse_activations(network, keep):
 def _convolution_before(network, index, flow, keep):
     """The kernel of the convolution whose output step ``index`` reads, where nothing else reads
     it, it is not kept, and the convolution has no fusion yet (and is no deconvolution); else None."""
-    readers, producers = flow
+    readers, producers = flow.readers, flow.producers
     blob = network.steps[index].inputs[0]
     first, producer = producers.get(blob) or (index, None)      # a model input: no producer
     if not (first < index and isinstance(producer, BuiltinStep) and producer.kind in FUSABLE
@@ -73,7 +89,7 @@ def _convolution_before(network, index, flow, keep):
 def _clamp_bounds(step):
     """(low, high, relu) of a top-level ReLU or clip layer (see _fused.clamp), or None; a clip
     with a NaN bound is left alone (np.clip makes every output NaN)."""
-    if not _single_flow(step):
+    if step.kind not in ("activation", "clip") or not _single_flow(step):
         return None
     if step.kind == "activation" and step.kernel.nonlinearity == "ReLU":
         return np.float32(0), np.float32(np.inf), True
@@ -84,20 +100,13 @@ def _clamp_bounds(step):
 
 # ---------------------------------------------------------------- chains of element-wise layers
 
-def fuse_pointwise_chains(network, keep):
+def fuse_pointwise_chains(network, keep, flow):
     """Make each run of two or more element-wise layers (batchnorm with fixed statistics, linear
     activation, ReLU, unary THRESHOLD, clip), each reading the one before, one pass
     (``_pointwise.chain_rows``): the first layer computes the whole chain and the others pass its
     output on. TensorFlow converters write ReLU6 as four such layers after each batchnorm.
     Returns how many layers the chains took in."""
-    flow = _blob_flow(network)
-    if flow is None:
-        return 0
-    readers, producers = flow
-    reader = {}
-    for index, step in enumerate(network.steps):
-        for name in step.inputs:
-            reader[name] = index
+    readers, producers, reader = flow
     taken = 0
     for index, step in enumerate(network.steps):
         ops = _operations(step)
@@ -130,11 +139,14 @@ def fuse_pointwise_chains(network, keep):
     return taken
 
 
+CHAIN_KINDS = ("batchnorm", "activation", "unary", "clip")
+
+
 def _operations(step):
     """([(operation, a, b), ...], channels) of an element-wise layer a chain can take in (an
     operation of ``_pointwise``, by name; channels: a batchnorm's, else 0; a and b: its per-channel
     arrays, or numbers), else None."""
-    if not _single_flow(step):
+    if step.kind not in CHAIN_KINDS or not _single_flow(step):
         return None
     k = step.kernel
     if step.kind == "batchnorm" and not k.compute_stats:
@@ -192,15 +204,12 @@ class PointwiseChain:
 
 # ---------------------------------------------------------------- a chain after a convolution
 
-def fold_chains_into_convolutions(network, keep):
+def fold_chains_into_convolutions(network, keep, flow):
     """Give each chain that reads a convolution's output (and nothing else reads it) to that
     convolution: in predict it runs the chain in place on its output, its bias as the chain's
     first operation (one pass for both), and the chain's layers pass the array on. Call after
     ``fuse_pointwise_chains`` and before ``fuse_activations`` (a lone ReLU or clip goes into the
     convolution's own loops). Returns how many chains were folded."""
-    flow = _blob_flow(network)
-    if flow is None:
-        return 0
     folded = 0
     for index, step in enumerate(network.steps):
         chain = getattr(step, "chain", None)         # custom layers' steps have none
@@ -234,18 +243,11 @@ class ConvolutionEpilogue:
 
 # ---------------------------------------------------------------- mean-variance normalization and scale
 
-def fuse_layer_norms(network, keep):
+def fuse_layer_norms(network, keep, flow):
     """Make each MVN followed by a scale layer (a LayerNorm: converters write it as the two) one
     pass over each row (``_pointwise.standardize_scale_rows``): the MVN computes both, the scale
     layer passes the array on. Returns how many pairs were fused."""
-    flow = _blob_flow(network)
-    if flow is None:
-        return 0
-    readers, producers = flow
-    reader = {}
-    for index, step in enumerate(network.steps):
-        for name in step.inputs:
-            reader[name] = index
+    readers, producers, reader = flow
     fused = 0
     for index, step in enumerate(network.steps):
         if step.kind != "mvn" or not _single_flow(step):

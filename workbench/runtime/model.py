@@ -8,7 +8,7 @@ from ..errors import (ImplementationError, MissingImplementationError, ModelForm
                       UnsupportedLayerError, WorkbenchError)
 from . import spec as specmod
 from .features import FeatureIO
-from .fusion import fold_chains_into_convolutions, fuse_activations, fuse_layer_norms, fuse_pointwise_chains
+from .fusion import fuse
 from .limits import DEFAULT_LIMITS, merged as merged_limits  # noqa: F401  (DEFAULT_LIMITS: public)
 from .plan import Planner, RunState
 from .live import LiveImplementations
@@ -89,10 +89,9 @@ class Model(WholeSpecMixin, LiveImplementations):
         if missing:
             raise ModelFormatError(f"{self.name}: output(s) {', '.join(missing)} are produced by no layer")
         keep = set(self._output_blobs.values()) | {f.name for f in self.io.outputs}
-        self.fused_chain_layers = fuse_pointwise_chains(self.network, keep)
-        self.chains_in_convolutions = fold_chains_into_convolutions(self.network, keep)
-        self.fused_activations = fuse_activations(self.network, keep)
-        self.fused_layer_norms = fuse_layer_norms(self.network, keep)
+        fused = fuse(self.network, keep)
+        self.fused_chain_layers, self.chains_in_convolutions = fused["chain layers"], fused["chains in convolutions"]
+        self.fused_activations, self.fused_layer_norms = fused["activations"], fused["layer norms"]
 
     def _bind_implementations(self):
         for step in self._custom_steps:
