@@ -402,3 +402,39 @@ def test_a_scale_the_input_does_not_fit_fails_naming_the_scale_layer():
         model.predict({"data": np.ones((1, 4, 2, 2), np.float32)})
     x = RNG.standard_normal(model_spec_shape).astype(np.float32)
     np.testing.assert_array_equal(bits(model.predict({"data": x})["out"]), bits(model.trace({"data": x})["out"]))
+
+
+def test_an_input_the_fused_pair_cannot_take_runs_both_layers_each_in_its_turn():
+    """A rank-2 blob: the MVN takes it (per row), the scale layer's one number too, the fused
+    pass does not; both run as written and the scale's output is its own, not the MVN's."""
+    b = NeuralNetworkBuilder([("data", datatypes.Array(4, 10))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_mvn("norm", "data", "normed", across_channels=False, normalize_variance=True, epsilon=1e-5)
+    b.add_scale("affine", np.array([2.0], np.float32), np.array([1.0], np.float32), True, "normed", "out",
+                shape_scale=[1], shape_bias=[1])
+    model = wb.load(b.spec)
+    assert model.fused_layer_norms == 1
+    x = RNG.standard_normal((4, 10)).astype(np.float32)
+    t = torch.from_numpy(x)
+    expected = (F.layer_norm(t.reshape(1, -1), (40,), eps=1e-5) * 2 + 1).reshape(4, 10)   # rank 2: one plane
+    for _ in range(2):
+        got = model.predict({"data": x})["out"]
+        close(got, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
+@pytest.mark.parametrize("fusion", ["chain", "layer norm"])
+def test_an_optional_input_left_out_fails_naming_the_first_layer_of_a_fusion(fusion):
+    b = NeuralNetworkBuilder([("data", datatypes.Array(1, 3, 4, 5)), ("opt", datatypes.Array(1, 3, 4, 5))],
+                             [("out", None), ("d2", None)], disable_rank5_shape_mapping=True)
+    if fusion == "chain":
+        b.add_activation("first", "RELU", "opt", "a")
+        b.add_clip("second", "a", "out", 0.0, 6.0)
+    else:
+        b.add_mvn("first", "opt", "a", across_channels=False, normalize_variance=True, epsilon=1e-5)
+        b.add_scale("second", np.array([2.0], np.float32), None, False, "a", "out", shape_scale=[1])
+    b.add_activation("other", "RELU", "data", "d2")
+    b.spec.description.input[1].type.isOptional = True
+    model = wb.load(b.spec)
+    assert model.fused_chain_layers + model.fused_layer_norms >= 1
+    with pytest.raises(WorkbenchError, match="layer 'first'"):
+        model.predict({"data": np.ones((1, 3, 4, 5), np.float32)})

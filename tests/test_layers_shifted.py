@@ -76,7 +76,7 @@ def test_few_output_channels_take_the_shifted_path_and_match_torch(batch, c_in, 
     (3, 8, (9, 9), (2, 2), (1, 1), (37, 42), (4, 4, 4, 4)),
     (5, 4, (3, 5), (2, 3), (1, 1), (23, 29), (0, 2, 1, 3)),   # strides differ; asymmetric pads
     (4, 6, (3, 3), (2, 2), (2, 3), (25, 26), (2, 2, 3, 3)),   # dilation with stride: taps in both phases
-    (6, 3, (2, 2), (3, 3), (1, 1), (19, 20), (0, 1, 0, 2)),   # stride past the kernel: unread phases
+    (6, 3, (3, 3), (2, 2), (2, 2), (19, 20), (0, 1, 0, 2)),   # dilation 2, stride 2: one phase is read
     (7, 2, (4, 1), (2, 1), (1, 1), (30, 11), (1, 2, 0, 0)),   # one axis strided
 ])
 def test_strided_convolutions_sum_shifted_products_of_stride_phases(c_in, c_out, kernel, stride, dilation,
@@ -102,12 +102,12 @@ def test_a_strided_3d_convolution_takes_phases_along_every_axis():
     b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)],
                              disable_rank5_shape_mapping=True)
     b.add_convolution3d(name="conv3d", input_channels=c_in, output_channels=c_out, depth=k[0], height=k[1],
-                        width=k[2], W=w, b=None, has_bias=False, groups=1, stride_depth=2, stride_height=3,
-                        stride_width=2, padding_mode="custom", padding_front=1, padding_back=1, padding_top=0,
+                        width=k[2], W=w, b=None, has_bias=False, groups=1, stride_depth=2, stride_height=2,
+                        stride_width=1, padding_mode="custom", padding_front=1, padding_back=1, padding_top=0,
                         padding_bottom=2, padding_left=1, padding_right=0, input_name="data", output_name="out")
     model = wb.load(b.spec)
     assert next(s.kernel for s in model.network.steps).shifted is not None
-    expected = F.conv3d(F.pad(t(x), (1, 0, 0, 2, 1, 1)), t(w), stride=(2, 3, 2)).numpy()
+    expected = F.conv3d(F.pad(t(x), (1, 0, 0, 2, 1, 1)), t(w), stride=(2, 2, 1)).numpy()
     np.testing.assert_allclose(model.predict({"data": x})["out"], expected, rtol=RTOL, atol=ATOL)
     assert took_shifted_path(model)
 
@@ -189,6 +189,7 @@ def test_same_padding(asym):
 @pytest.mark.parametrize("c_out, stride, groups, kernel, why", [
     (17, (1, 1), 1, (3, 3), "more output channels than it takes"),
     (16, (2, 2), 1, (3, 3), "strided, from 4 input channels into more than 8 outputs"),
+    (4, (3, 3), 1, (2, 2), "a stride past the kernel's reach"),
     (4, (1, 1), 2, (3, 3), "groups"),
     (4, (1, 1), 1, (1, 1), "a 1x1 kernel, which needs no columns"),
 ])

@@ -134,7 +134,7 @@ def fuse_pointwise_chains(network, keep, flow):
             continue
         step.chain = PointwiseChain(links, program, channels)
         for link in links[1:]:
-            link.passes_on = True
+            link.passes_on, link.fused_by = True, step.chain
         taken += len(links)
     return taken
 
@@ -179,18 +179,21 @@ class Program:
 class PointwiseChain:
     """What the first layer of a fused chain computes in predict: every layer's operation in
     turn (``_pointwise``), into that layer's reused output array, stored under its own output
-    name (the others pass it on). An input a batchnorm in the chain cannot take is run layer by
-    layer, so that layer's own error names it."""
+    name (the others pass it on). An input a batchnorm in the chain cannot take (or none, an
+    optional input left out) runs every layer as written (``fused`` False), each in its turn,
+    so a layer's own error names it."""
+
+    fused = False
 
     def __init__(self, links, operations, channels):
         self.links, self.operations, self.channels = links, operations, channels
         self.program = Program(operations, max(channels, 1))
 
     def run(self, head, scope):
-        x = scope[head.inputs[0]]
-        if self.channels and (x.ndim < 3 or x.shape[-3] != self.channels):
-            for link in self.links:
-                link.run_as_written(scope)
+        x = scope.get(head.inputs[0])
+        self.fused = x is not None and not (self.channels and (x.ndim < 3 or x.shape[-3] != self.channels))
+        if not self.fused:
+            head.run_as_written(scope)
             return
         from .layers import _pointwise
         x = np.ascontiguousarray(x, dtype=np.float32)
@@ -258,7 +261,7 @@ def fuse_layer_norms(network, keep, flow):
         scale = network.steps[reader[blob]]
         if scale.kind == "scale" and _single_flow(scale):
             step.chain = NormalizeAndScale(step, scale)
-            scale.passes_on = True
+            scale.passes_on, scale.fused_by = True, step.chain
             fused += 1
     return fused
 
@@ -267,19 +270,22 @@ class NormalizeAndScale:
     """What an MVN fused with the scale layer after it computes in predict. The scale layer's
     parameters ([1], [C], [1, H, W] or [C, H, W]) are laid out once per input shape as rows of
     the MVN's rows ([C, H * W] or [1, H * W] per channel plane, [1, C * H * W] across channels).
-    An input either layer cannot take runs both as written, so that layer's own error names it."""
+    An input either layer cannot take (or none) runs both as written (``fused`` False), each in
+    its turn, so that layer's own error names it."""
+
+    fused = False
 
     def __init__(self, mvn, scale):
         from .layers import _pointwise          # noqa: F401  (numba's import at load)
         self.mvn, self.scale = mvn, scale
-        self._rows = {}                            # input's [C, H, W] -> (scale rows, bias rows)
+        self._rows = (None, None)                  # the last input's [C, H, W], its (scale, bias) rows
 
     def run(self, head, scope):
-        x = scope[head.inputs[0]]
-        layout = self._layout(x)
-        if layout is None:
-            self.mvn.run_as_written(scope)
-            self.scale.run_as_written(scope)
+        x = scope.get(head.inputs[0])
+        layout = None if x is None else self._layout(x)
+        self.fused = layout is not None
+        if not self.fused:
+            head.run_as_written(scope)
             return
         from .layers import _pointwise
         k = self.mvn.kernel
@@ -296,9 +302,9 @@ class NormalizeAndScale:
         if x.ndim < 3:
             return None
         chw = tuple(x.shape[-3:])
-        if chw not in self._rows:
-            self._rows[chw] = self._lay_out(chw)
-        return self._rows[chw]
+        if self._rows[0] != chw:                   # laid out again when the input's shape changes
+            self._rows = (chw, self._lay_out(chw))
+        return self._rows[1]
 
     def _lay_out(self, chw):
         s = self.scale.kernel

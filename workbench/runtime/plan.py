@@ -48,8 +48,10 @@ class BuiltinStep:
     """One built-in layer: gather inputs, call the kernel, store outputs as float32."""
 
     # the planner's fusions (fusion.py), in predict only: an activation its producer computes
-    # passes the producer's output on; a chain's first layer computes the whole chain
+    # passes the producer's output on; a fusion's first layer (``chain``) computes the whole of it
+    # and the others pass its output on, unless it ran as written this time (``fused_by.fused``)
     passes_on = False
+    fused_by = None
     chain = None
 
     def __init__(self, layer, kernel_obj, model_name, state=None):
@@ -63,19 +65,22 @@ class BuiltinStep:
         self._max_bytes = int(kernel_obj.ctx.limits["max_blob_bytes"])
 
     def run(self, scope):
-        if self.passes_on and self.state.reuse_buffers:
+        if self.passes_on and self.state.reuse_buffers and (self.fused_by is None or self.fused_by.fused):
             scope[self.outputs[0]] = scope[self.inputs[0]]
             return
-        if self.chain is not None and self.state.reuse_buffers:
-            self.chain.run(self, scope)
-            return
-        self.run_as_written(scope)
+        self._run(scope, self.chain is not None and self.state.reuse_buffers)
 
     def run_as_written(self, scope):
         """This layer alone, as the file says (what ``run`` does outside the fusions)."""
+        self._run(scope, False)
+
+    def _run(self, scope, fused):
         if self._rule_in_shape_pass and self.state.shapes_only and self._shapes_only(scope):
             return
         try:
+            if fused:                      # the fusion stores its outputs itself
+                self.chain.run(self, scope)
+                return
             if self.kernel.uses_scope:
                 self.kernel.run(scope)
                 return

@@ -36,12 +36,17 @@ BLOCK = 2048              # positions a block: its slices of 64 planes and the 9
 STRIDED_MIN_INPUTS, STRIDED_FEW_OUTPUTS = 8, 8
 
 
-def eligible(kernel_sizes, strides, groups, c_in, c_out):
+def eligible(kernel_sizes, strides, dilations, groups, c_in, c_out):
     """Whether a convolution takes this path: one group, a kernel larger than 1x1 (1x1 needs no
-    columns), few output channels; strided, also enough input channels or very few outputs."""
+    columns), few output channels; strided, also enough input channels or very few outputs, and
+    strides within the kernel's reach (patches side by side, a stride past the kernel, leave
+    each phase one tap: im2col's columns are then the image itself)."""
     if groups != 1 or math.prod(kernel_sizes) == 1 or c_out > MAX_OUTPUTS:
         return False
-    return all(s == 1 for s in strides) or c_in >= STRIDED_MIN_INPUTS or c_out <= STRIDED_FEW_OUTPUTS
+    if all(s == 1 for s in strides):
+        return True
+    within = all(s == 1 or s <= (k - 1) * d for s, k, d in zip(strides, kernel_sizes, dilations))
+    return within and (c_in >= STRIDED_MIN_INPUTS or c_out <= STRIDED_FEW_OUTPUTS)
 
 
 def tap_weights(wmat, channels, kernel_sizes):
@@ -61,12 +66,13 @@ def worthwhile(in_sizes, pads, strides, out_sizes):
 
 def buffer_shapes(batch, channels, c_out, in_sizes, pads, strides, kernel_sizes, dilations, out_sizes):
     """The two scratch arrays ``shifted_forward`` allocates (checked against the limits first):
-    the padded planes of every stride phase with their tail, and the outputs over full rows."""
+    the padded planes of every stride phase a tap reads, with their tail, and the outputs over
+    full rows."""
     phase = _phase_sizes(in_sizes, pads, strides)
     wide = out_sizes[0] * math.prod(phase[1:])
-    reach = max(_offsets(phase, strides, kernel_sizes, dilations)[1])
-    tail = max(0, wide + reach - math.prod(phase))
-    return (batch, math.prod(strides) * channels, math.prod(phase) + tail), (batch, c_out, wide)
+    used, _, offsets = _offsets(phase, strides, kernel_sizes, dilations)
+    tail = max(0, wide + max(offsets) - math.prod(phase))
+    return (batch, len(used) * channels, math.prod(phase) + tail), (batch, c_out, wide)
 
 
 def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes, workspace=FRESH):
@@ -75,12 +81,12 @@ def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes
     c_out = w_taps.shape[1]
     in_sizes = x.shape[2:]
     phase = _phase_sizes(in_sizes, pads, strides)
-    phases, offsets = _offsets(phase, strides, kernel_sizes, dilations)
+    used, slots, offsets = _offsets(phase, strides, kernel_sizes, dilations)
     planes_shape, wide_shape = buffer_shapes(n, channels, c_out, in_sizes, pads, strides, kernel_sizes,
                                              dilations, out_sizes)
     plane = math.prod(phase)
     planes = workspace.scratch("shifted planes", planes_shape, fill=0.0)
-    for index, remainders in enumerate(np.ndindex(*strides)):
+    for index, remainders in enumerate(used):
         # input positions y with (before + y) % s == r land in phase r at (before + y) // s
         first = [(r - b) % s for r, (b, _), s in zip(remainders, pads, strides)]
         source = x[(Ellipsis,) + tuple(slice(f, None, s) for f, s in zip(first, strides))]
@@ -88,7 +94,7 @@ def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes
                    for f, (b, _), s, size in zip(first, pads, strides, source.shape[2:]))
         target = planes[:, index * channels:(index + 1) * channels, :plane].reshape((n, channels) + phase)
         target[(Ellipsis,) + at] = source
-    tap_rows = np.array([p * channels for p in phases], np.int64)
+    tap_rows = np.array([slot * channels for slot in slots], np.int64)
     wide = workspace.scratch("shifted outputs", wide_shape, fill=0.0)
     fused().shifted_taps(gemm().ADDRESS, planes, w_taps, tap_rows, offsets, wide, BLOCK)
     kept = (Ellipsis,) + tuple(slice(0, o) for o in out_sizes[1:])
@@ -104,15 +110,18 @@ def _phase_sizes(in_sizes, pads, strides):
 
 
 def _offsets(phase, strides, kernel_sizes, dilations):
-    """(phase index, offset into that phase's flattened plane) of every tap, in the weights' tap
-    order: tap t along an axis reaches t * dilation = stride * q + r, phase r, q rows on."""
+    """(the phases some tap reads, as remainders; each tap's slot among them; each tap's offset
+    into its phase's flattened plane), taps in the weights' order: tap t along an axis reaches
+    t * dilation = stride * q + r, phase r, q rows on."""
     steps = _row_major_steps(phase)
-    phases, offsets = [], []
+    remainders, offsets = [], []
     for tap in np.ndindex(*kernel_sizes):
         reach = [t * d for t, d in zip(tap, dilations)]
-        phases.append(int(np.ravel_multi_index([r % s for r, s in zip(reach, strides)], strides)))
+        remainders.append(tuple(r % s for r, s in zip(reach, strides)))
         offsets.append(sum((r // s) * step for r, s, step in zip(reach, strides, steps)))
-    return phases, np.array(offsets, np.int64)
+    used = sorted(set(remainders))
+    slots = [used.index(r) for r in remainders]
+    return used, slots, np.array(offsets, np.int64)
 
 
 def _row_major_steps(shape):

@@ -109,7 +109,7 @@ class _ConvolutionBase(Kernel):
                 self.weights(weights, "weights", count)
             self.wmat, self.depthwise = self._layout(flat)
             if not self.deconv and not self.depthwise and _shifted.eligible(
-                    self.kernel_sizes, self.strides, self.groups, self.kernel_channels, self.c_out):
+                    self.kernel_sizes, self.strides, self.dilations, self.groups, self.kernel_channels, self.c_out):
                 self.shifted = _shifted.tap_weights(self.wmat, self.kernel_channels, self.kernel_sizes)
                 fused(), gemm()             # numba's import at load, not at the first prediction
         self.winograd = None
