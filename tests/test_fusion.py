@@ -240,6 +240,28 @@ def test_a_chain_after_a_convolution_runs_in_place_on_its_output(with_bias, c_in
     np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
 
 
+def test_every_layer_of_a_chain_in_a_convolution_runs_once():
+    """Layers whose second application would show: affine maps, a threshold above zero."""
+    w = RNG.standard_normal((6, 4, 3, 3)).astype(np.float32)
+    bias = RNG.standard_normal(6).astype(np.float32)
+    x = RNG.standard_normal((1, 4, 9, 9)).astype(np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=4, output_channels=6, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="valid", groups=1, W=w.transpose(2, 3, 1, 0), b=bias,
+                      has_bias=True, input_name="data", output_name="conv_out")
+    b.add_activation("double", "LINEAR", "conv_out", "a", params=[2.0, 1.0])
+    b.add_unary("floor", "a", "c", "threshold", alpha=0.5)
+    b.add_activation("half", "LINEAR", "c", "out", params=[0.5, -3.0])
+    model = wb.load(b.spec)
+    assert model.chains_in_convolutions == 1 and model.fused_chain_layers == 3
+    y = F.conv2d(torch.from_numpy(x), torch.from_numpy(w), torch.from_numpy(bias))
+    expected = torch.clamp(y * 2 + 1, min=0.5) * 0.5 - 3
+    for _ in range(2):
+        got = model.predict({"data": x})["out"]
+        close(got, expected.numpy(), atol=1e-5)
+    np.testing.assert_array_equal(bits(got), bits(model.trace({"data": x})["out"]))
+
+
 def test_a_chain_stays_a_layer_where_the_convolution_output_is_read_elsewhere():
     w = RNG.standard_normal((4, 4, 3, 3)).astype(np.float32)
     x = RNG.standard_normal((1, 4, 6, 6)).astype(np.float32)

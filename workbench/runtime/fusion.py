@@ -220,7 +220,9 @@ def fold_chains_into_convolutions(network, keep, flow):
         # a batchnorm's channels are axis -3: a 2-D convolution's output channels, a 3-D one's depth
         if conv is not None and (chain.channels == 0 or (conv.rank == 2 and chain.channels == conv.c_out)):
             conv.fused_chain = ConvolutionEpilogue(chain.operations, conv.c_out, conv.bias)
-            step.chain, step.passes_on = None, True
+            step.chain = None
+            for link in chain.links:               # the convolution always runs the chain: no fallback
+                link.passes_on, link.fused_by = True, None
             folded += 1
     return folded
 
