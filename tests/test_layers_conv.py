@@ -594,6 +594,28 @@ def test_fused_activation_keeps_the_sign_of_zero_of_its_layer(activation, groups
     np.testing.assert_array_equal(np.signbit(traced["out"]), np.signbit(expected))
 
 
+@pytest.mark.parametrize("activation", ["relu", (-1.0, 6.0)])
+def test_a_fused_clip_after_a_convolution_without_bias_keeps_its_negative_zeros(activation):
+    """A depthwise layer with a channel multiplier (its sums start with the first product) and
+    weights -1 on zeros gives -0 everywhere; np.clip keeps -0, ReLU (np.maximum) gives +0."""
+    x = np.zeros((1, 2, 4, 4), np.float32)
+    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)], disable_rank5_shape_mapping=True)
+    b.add_convolution(name="conv", kernel_channels=1, output_channels=4, height=3, width=3, stride_height=1,
+                      stride_width=1, border_mode="same", groups=2, W=-np.ones((3, 3, 1, 4), np.float32), b=None,
+                      has_bias=False, input_name="data", output_name="conv_out")
+    if activation == "relu":
+        b.add_activation("relu", "RELU", "conv_out", "out")
+    else:
+        b.add_clip("clip", "conv_out", "out", *activation)
+    model = wb.load(b.spec)
+    assert model.fused_activations == 1
+    traced = model.trace({"data": x})
+    assert np.signbit(traced["conv_out"]).all()
+    expected = np.maximum(traced["conv_out"], np.float32(0)) if activation == "relu" else \
+        np.clip(traced["conv_out"], *np.float32(activation))
+    np.testing.assert_array_equal(np.signbit(model.predict({"data": x})["out"]), np.signbit(expected))
+
+
 def test_activations_are_not_fused_with_a_later_layer_or_a_nan_bound():
     """A ReLU reading the model input, which a later convolution overwrites, and clips whose
     bound is NaN (np.clip gives NaN everywhere) stay as written."""

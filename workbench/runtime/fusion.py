@@ -58,8 +58,9 @@ FUSABLE = ("convolution", "convolution3d")
 def fuse_activations(network, keep, flow):
     """Fold each ReLU or clip into the convolution that produces its input: in predict the
     convolution clamps its outputs as it writes them (in its compiled loops, or with its bias in
-    one pass) and the activation passes them on, one pass over memory instead of two. Call last:
-    a chain of layers after a convolution goes to it first. Returns how many were fused."""
+    one pass) and the activation passes them on, one pass over memory instead of two. Call after
+    the chains: a chain of layers after a convolution goes to it first. Returns how many were
+    fused."""
     fused = 0
     for index, step in enumerate(network.steps):
         bounds = _clamp_bounds(step)

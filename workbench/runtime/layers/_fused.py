@@ -423,9 +423,13 @@ def bias_clamp(rows, bias, low, high, relu):
     channels = bias.size
     for r in range(rows.shape[0]):
         row = rows[r]
-        add = bias[r % channels] if channels else _ZERO
-        for k in range(row.size):
-            row[k] = clamp(row[k] + add, low, high, relu)
+        if channels:
+            add = bias[r % channels]
+            for k in range(row.size):
+                row[k] = clamp(row[k] + add, low, high, relu)
+        else:                                   # no bias: no + 0, which would turn a -0 into +0
+            for k in range(row.size):
+                row[k] = clamp(row[k], low, high, relu)
 
 
 @_jit
