@@ -570,16 +570,22 @@ def test_activation_is_not_fused_where_its_input_is_read_elsewhere(extra):
         check(got["conv_out"], conv.numpy())
 
 
-@pytest.mark.parametrize("activation", ["relu", (0.0, 6.0)])
-@pytest.mark.parametrize("groups", [4, 1])                  # depthwise, 1x1 product
-def test_fused_activation_keeps_the_sign_of_zero_of_its_layer(activation, groups):
-    """ReLU is np.maximum(x, 0), +0 for a -0 input; clip is np.clip, which keeps -0."""
-    x = np.zeros((1, 4, 6, 6), np.float32)                  # weight -1 and bias -0: every output -0
+@pytest.mark.parametrize("activation", ["relu", (0.0, 6.0), (-1.0, 6.0)])
+@pytest.mark.parametrize("c_in, groups, kernel, bias, negative", [
+    (4, 4, 1, -0.0, True),          # depthwise, bias -0: every output -0
+    (4, 1, 1, -0.0, False),         # BLAS's 1x1 product gives +0
+    (2, 2, 3, None, True),          # a channel multiplier (its sums start with the first product), no bias
+])
+def test_fused_activation_keeps_the_sign_of_zero_of_its_layer(activation, c_in, groups, kernel, bias, negative):
+    """ReLU is np.maximum(x, 0), +0 for a -0 input; clip is np.clip, which keeps -0 (weights -1
+    on zeros make each output a zero of some sign)."""
+    x = np.zeros((1, c_in, 6, 6), np.float32)
     b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)], disable_rank5_shape_mapping=True)
-    b.add_convolution(name="conv", kernel_channels=4 // groups, output_channels=4, height=1, width=1,
-                      stride_height=1, stride_width=1, border_mode="valid", groups=groups,
-                      W=-np.ones((1, 1, 4 // groups, 4), np.float32), b=np.full(4, -0.0, np.float32),
-                      has_bias=True, input_name="data", output_name="conv_out")
+    b.add_convolution(name="conv", kernel_channels=c_in // groups, output_channels=4, height=kernel, width=kernel,
+                      stride_height=1, stride_width=1, border_mode="same", groups=groups,
+                      W=-np.ones((kernel, kernel, c_in // groups, 4), np.float32),
+                      b=None if bias is None else np.full(4, bias, np.float32), has_bias=bias is not None,
+                      input_name="data", output_name="conv_out")
     if activation == "relu":
         b.add_activation("relu", "RELU", "conv_out", "out")
     else:
@@ -587,33 +593,11 @@ def test_fused_activation_keeps_the_sign_of_zero_of_its_layer(activation, groups
     model = wb.load(b.spec)
     assert model.fused_activations == 1
     traced = model.trace({"data": x})
-    conv = traced["conv_out"]                                # -0 from the depthwise sum; BLAS's is +0
-    assert np.signbit(conv).all() == (groups == 4)
+    conv = traced["conv_out"]
+    assert np.signbit(conv).all() == negative
     expected = np.maximum(conv, np.float32(0)) if activation == "relu" else np.clip(conv, *np.float32(activation))
     np.testing.assert_array_equal(np.signbit(model.predict({"data": x})["out"]), np.signbit(expected))
     np.testing.assert_array_equal(np.signbit(traced["out"]), np.signbit(expected))
-
-
-@pytest.mark.parametrize("activation", ["relu", (-1.0, 6.0)])
-def test_a_fused_clip_after_a_convolution_without_bias_keeps_its_negative_zeros(activation):
-    """A depthwise layer with a channel multiplier (its sums start with the first product) and
-    weights -1 on zeros gives -0 everywhere; np.clip keeps -0, ReLU (np.maximum) gives +0."""
-    x = np.zeros((1, 2, 4, 4), np.float32)
-    b = NeuralNetworkBuilder([("data", datatypes.Array(*x.shape))], [("out", None)], disable_rank5_shape_mapping=True)
-    b.add_convolution(name="conv", kernel_channels=1, output_channels=4, height=3, width=3, stride_height=1,
-                      stride_width=1, border_mode="same", groups=2, W=-np.ones((3, 3, 1, 4), np.float32), b=None,
-                      has_bias=False, input_name="data", output_name="conv_out")
-    if activation == "relu":
-        b.add_activation("relu", "RELU", "conv_out", "out")
-    else:
-        b.add_clip("clip", "conv_out", "out", *activation)
-    model = wb.load(b.spec)
-    assert model.fused_activations == 1
-    traced = model.trace({"data": x})
-    assert np.signbit(traced["conv_out"]).all()
-    expected = np.maximum(traced["conv_out"], np.float32(0)) if activation == "relu" else \
-        np.clip(traced["conv_out"], *np.float32(activation))
-    np.testing.assert_array_equal(np.signbit(model.predict({"data": x})["out"]), np.signbit(expected))
 
 
 def test_activations_are_not_fused_with_a_later_layer_or_a_nan_bound():
