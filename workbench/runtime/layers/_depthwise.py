@@ -15,7 +15,7 @@ import itertools
 import numpy as np
 
 from ._base import FRESH, NO_CLAMP, add_bias, fused
-from ._taps import pad_trailing, tap_slices
+from ._taps import pad_trailing, phase_range, tap_slices
 
 
 def depthwise_forward(x, wdw, strides, dilations, pads, out_sizes, bias=None, workspace=FRESH,
@@ -47,8 +47,8 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace, clamp):
         phase_index.setdefault((py, px), len(phase_index))
     phases = workspace.scratch("phases", (len(phase_index), n * c, hq, wq), fill=0.0)
     for (py, px), index in phase_index.items():
-        q0, q1, row = _phase_range(top, py, sh, h, hq)
-        r0, r1, col = _phase_range(left, px, sw, wd, wq)
+        q0, q1, row = phase_range(top, py, sh, h, hq)
+        r0, r1, col = phase_range(left, px, sw, wd, wq)
         if q1 > q0 and r1 > r0:
             rows = slice(row, row + (q1 - q0 - 1) * sh + 1, sh)
             cols = slice(col, col + (r1 - r0 - 1) * sw + 1, sw)
@@ -63,14 +63,6 @@ def _flat_2d(x, w, strides, dilations, pads, out_sizes, bias, workspace, clamp):
     y = workspace.output((n, c, ho, wo))
     np.copyto(y, out.reshape(n, c, ho, wq)[..., :wo])
     return y
-
-
-def _phase_range(pad, phase, step, size, count):
-    """Phase indices [lo, hi) whose padded position lo*step + phase falls inside the unpadded
-    input, and the input index of the first."""
-    lo = max(0, -(-(pad - phase) // step))
-    hi = min(count, -(-(size + pad - phase) // step))
-    return lo, hi, lo * step + phase - pad
 
 
 def _strided_taps(xp, wdw, strides, dilations, out_sizes):

@@ -22,11 +22,13 @@ at 8 GFLOP/s through im2col.
 Each plane gets a zero tail: the last taps of the last plane read past its end, into outputs that
 are dropped. Sums run in float32, tap by tap, as im2col's product does over its columns.
 """
+import functools
 import math
 
 import numpy as np
 
 from ._base import FRESH, fused, gemm
+from ._taps import phase_range
 
 MAX_OUTPUTS = 16          # output channels: more, and im2col's BLAS product is as fast (64: a tie)
 BLOCK = 2048              # positions a block: its slices of 64 planes and the 9x9 reach fit in L2
@@ -68,11 +70,9 @@ def buffer_shapes(batch, channels, c_out, in_sizes, pads, strides, kernel_sizes,
     """The two scratch arrays ``shifted_forward`` allocates (checked against the limits first):
     the padded planes of every stride phase a tap reads, with their tail, and the outputs over
     full rows."""
-    phase = _phase_sizes(in_sizes, pads, strides)
-    wide = out_sizes[0] * math.prod(phase[1:])
-    used, _, offsets = _offsets(phase, strides, kernel_sizes, dilations)
-    tail = max(0, wide + max(offsets) - math.prod(phase))
-    return (batch, len(used) * channels, math.prod(phase) + tail), (batch, c_out, wide)
+    phase, used, _, _, plane_length, wide = _geometry(tuple(in_sizes), tuple(map(tuple, pads)), tuple(strides),
+                                                      tuple(kernel_sizes), tuple(dilations), tuple(out_sizes))
+    return (batch, len(used) * channels, plane_length), (batch, c_out, wide)
 
 
 def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes, workspace=FRESH):
@@ -80,23 +80,24 @@ def shifted_forward(x, w_taps, kernel_sizes, strides, dilations, pads, out_sizes
     n, channels = x.shape[:2]
     c_out = w_taps.shape[1]
     in_sizes = x.shape[2:]
-    phase = _phase_sizes(in_sizes, pads, strides)
-    used, slots, offsets = _offsets(phase, strides, kernel_sizes, dilations)
-    planes_shape, wide_shape = buffer_shapes(n, channels, c_out, in_sizes, pads, strides, kernel_sizes,
-                                             dilations, out_sizes)
+    phase, used, slots, offsets, plane_length, wide_length = _geometry(
+        tuple(in_sizes), tuple(map(tuple, pads)), tuple(strides), tuple(kernel_sizes), tuple(dilations),
+        tuple(out_sizes))
     plane = math.prod(phase)
-    planes = workspace.scratch("shifted planes", planes_shape, fill=0.0)
+    planes = workspace.scratch("shifted planes", (n, len(used) * channels, plane_length), fill=0.0)
     for index, remainders in enumerate(used):
-        # input positions y with (before + y) % s == r land in phase r at (before + y) // s
-        first = [(r - b) % s for r, (b, _), s in zip(remainders, pads, strides)]
-        source = x[(Ellipsis,) + tuple(slice(f, None, s) for f, s in zip(first, strides))]
-        at = tuple(slice((b + f) // s, (b + f) // s + size)
-                   for f, (b, _), s, size in zip(first, pads, strides, source.shape[2:]))
+        # phase r of an axis holds the padded positions r, r + s, ...: the input's from phase_range
+        ranges = [phase_range(b, r, s, size, count)
+                  for (b, _), r, s, size, count in zip(pads, remainders, strides, in_sizes, phase)]
+        if any(hi <= lo for lo, hi, _ in ranges):
+            continue                               # no input in this phase: padding only (zeros)
+        source = x[(Ellipsis,) + tuple(slice(first, first + (hi - lo - 1) * s + 1, s)
+                                       for (lo, hi, first), s in zip(ranges, strides))]
         target = planes[:, index * channels:(index + 1) * channels, :plane].reshape((n, channels) + phase)
-        target[(Ellipsis,) + at] = source
+        target[(Ellipsis,) + tuple(slice(lo, hi) for lo, hi, _ in ranges)] = source
     tap_rows = np.array([slot * channels for slot in slots], np.int64)
-    wide = workspace.scratch("shifted outputs", wide_shape, fill=0.0)
-    fused().shifted_taps(gemm().ADDRESS, planes, w_taps, tap_rows, offsets, wide, BLOCK)
+    wide = workspace.scratch("shifted outputs", (n, c_out, wide_length), fill=0.0)
+    fused().shifted_taps(gemm().ADDRESS, planes, w_taps, tap_rows, np.array(offsets, np.int64), wide, BLOCK)
     kept = (Ellipsis,) + tuple(slice(0, o) for o in out_sizes[1:])
     out = workspace.output((n, c_out) + tuple(out_sizes))
     np.copyto(out, wide.reshape((n, c_out, out_sizes[0]) + phase[1:])[kept])
@@ -109,19 +110,25 @@ def _phase_sizes(in_sizes, pads, strides):
     return tuple(-(-(s + b + a) // st) for s, (b, a), st in zip(in_sizes, pads, strides))
 
 
-def _offsets(phase, strides, kernel_sizes, dilations):
-    """(the phases some tap reads, as remainders; each tap's slot among them; each tap's offset
-    into its phase's flattened plane), taps in the weights' order: tap t along an axis reaches
-    t * dilation = stride * q + r, phase r, q rows on."""
+@functools.lru_cache(maxsize=256)
+def _geometry(in_sizes, pads, strides, kernel_sizes, dilations, out_sizes):
+    """Everything the path's layout needs for one input shape, worked out once (the limits check
+    and each prediction ask again): (phase sizes; the phases some tap reads, as remainders; each
+    tap's slot among them; each tap's offset into its phase's flattened plane; a plane's length
+    with its tail; the outputs over full rows). Taps in the weights' order: tap t along an axis
+    reaches t * dilation = stride * q + r, phase r, q rows on."""
+    phase = _phase_sizes(in_sizes, pads, strides)
     steps = _row_major_steps(phase)
     remainders, offsets = [], []
     for tap in np.ndindex(*kernel_sizes):
         reach = [t * d for t, d in zip(tap, dilations)]
         remainders.append(tuple(r % s for r, s in zip(reach, strides)))
         offsets.append(sum((r // s) * step for r, s, step in zip(reach, strides, steps)))
-    used = sorted(set(remainders))
-    slots = [used.index(r) for r in remainders]
-    return used, slots, np.array(offsets, np.int64)
+    used = tuple(sorted(set(remainders)))
+    slots = tuple(used.index(r) for r in remainders)
+    wide = out_sizes[0] * math.prod(phase[1:])
+    plane_length = math.prod(phase) + max(0, wide + max(offsets) - math.prod(phase))
+    return phase, used, slots, tuple(offsets), plane_length, wide
 
 
 def _row_major_steps(shape):

@@ -21,3 +21,12 @@ def tap_slices(offsets, dilations, strides, out_sizes):
     """The input slices one kernel tap reads for every output position."""
     return tuple(slice(o * d, o * d + (n - 1) * s + 1, s)
                  for o, d, s, n in zip(offsets, dilations, strides, out_sizes))
+
+
+def phase_range(pad, phase, step, size, count):
+    """Indices [lo, hi) of stride phase ``phase`` (every ``step``-th padded position from
+    ``phase`` on, ``count`` of them) whose padded position lo*step + phase falls inside the
+    unpadded input of ``size``, and the input index of the first."""
+    lo = max(0, -(-(pad - phase) // step))
+    hi = min(count, -(-(size + pad - phase) // step))
+    return lo, hi, lo * step + phase - pad
