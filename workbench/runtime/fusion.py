@@ -50,6 +50,17 @@ def _single_flow(step):
             and step.kernel.top_level and not step.passes_on and step.chain is None)
 
 
+def _next_alone(network, index, flow, keep):
+    """The index of the step that alone reads step ``index``'s only output, later in the network,
+    where that blob is not kept and no other layer writes it; else None. (A reader before it
+    reads a model input's name that this step rewrites.)"""
+    blob = network.steps[index].outputs[0]
+    if flow.readers[blob] != 1 or blob in keep or flow.producers.get(blob) is None:
+        return None
+    following = flow.reader[blob]
+    return following if following > index else None
+
+
 # ---------------------------------------------------------------- a convolution's activation
 
 FUSABLE = ("convolution", "convolution3d")
@@ -107,30 +118,21 @@ def fuse_pointwise_chains(network, keep, flow):
     (``_pointwise.chain_rows``): the first layer computes the whole chain and the others pass its
     output on. TensorFlow converters write ReLU6 as four such layers after each batchnorm.
     Returns how many layers the chains took in."""
-    readers, producers, reader = flow
     taken = 0
     for index, step in enumerate(network.steps):
         ops = _operations(step)
-        if ops is None or step.passes_on:
+        if ops is None:
             continue
         links, channels, last = [step], ops[1], index
         program = list(ops[0])
         while True:
-            blob = links[-1].outputs[0]
-            if readers[blob] != 1 or blob in keep or producers.get(blob) is None:
-                break
-            if reader[blob] <= last:
-                break                    # read before it is written: a model input's name, rewritten
-            last = reader[blob]
-            following = network.steps[last]
-            more = _operations(following)
-            if more is None or following.inputs[0] != blob:
-                break
-            if more[1] and channels and more[1] != channels:
+            following = _next_alone(network, last, flow, keep)
+            more = None if following is None else _operations(network.steps[following])
+            if more is None or (more[1] and channels and more[1] != channels):
                 break                            # another channel count: its own layer says why
-            links.append(following)
+            links.append(network.steps[following])
             program += more[0]
-            channels = channels or more[1]
+            channels, last = channels or more[1], following
         if len(links) < 2:
             continue
         step.chain = PointwiseChain(links, program, channels)
@@ -253,16 +255,13 @@ def fuse_layer_norms(network, keep, flow):
     """Make each MVN followed by a scale layer (a LayerNorm: converters write it as the two) one
     pass over each row (``_pointwise.standardize_scale_rows``): the MVN computes both, the scale
     layer passes the array on. Returns how many pairs were fused."""
-    readers, producers, reader = flow
     fused = 0
     for index, step in enumerate(network.steps):
         if step.kind != "mvn" or not _single_flow(step):
             continue
-        blob = step.outputs[0]
-        if readers[blob] != 1 or blob in keep or producers.get(blob) is None or reader[blob] <= index:
-            continue
-        scale = network.steps[reader[blob]]
-        if scale.kind == "scale" and _single_flow(scale):
+        following = _next_alone(network, index, flow, keep)
+        scale = None if following is None else network.steps[following]
+        if scale is not None and scale.kind == "scale" and _single_flow(scale):
             step.chain = NormalizeAndScale(step, scale)
             scale.passes_on, scale.fused_by = True, step.chain
             fused += 1
